@@ -1,0 +1,49 @@
+"""seer-export: turn a FLUX pipeline into an engine directory."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli_common import user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Engine directory to create (written atomically).")
+@click.option("--cache", type=click.Choice(["modules", "lite"]), default="modules", show_default=True,
+              help="What TaylorSeer caches: every attention/MLP output (paper-faithful) or only the "
+                   "prediction (lite: tiny memory).")
+@click.option("--max-order", type=int, default=2, show_default=True,
+              help="Highest Taylor order seer-run may use with this directory.")
+@click.option("--max-sequence-length", type=int, default=None,
+              help="T5 tokens per prompt [default: 512 for FLUX.1-dev, 256 without guidance embedding, "
+                   "32 for flux-tiny].")
+@click.option("--torch-programs/--no-torch-programs", default=True, show_default=True,
+              help="Also store the torch.export programs (for seer-run --backend torch; doubles the size).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--fp8", is_flag=True, hidden=True)
+@user_errors
+def main(model, out, cache, max_order, max_sequence_length, torch_programs, overwrite, fp8):
+    """Export MODEL to an engine directory of ONNX graphs and a manifest.
+
+    MODEL is `flux-tiny` (the small model embedded in seer, built offline), `flux` (alias of
+    black-forest-labs/FLUX.1-dev), any Hugging Face repo id of a diffusers FLUX pipeline, or a local
+    diffusers FLUX directory. Hub downloads go through the normal Hugging Face cache, so a model
+    fetched once exports offline afterwards.
+
+    \b
+    Examples:
+      seer-export flux-tiny --out out/flux-tiny
+      seer-export flux --out out/flux --cache lite
+    """
+    from ..errors import UsageError
+
+    if fp8:
+        raise UsageError("--fp8 export is not available yet; export without it")
+    from .flux_export import export_flux
+
+    export_flux(model, out, cache=cache, max_order=max_order, torch_program=torch_programs,
+                max_sequence_length=max_sequence_length, overwrite=overwrite,
+                log=lambda m: click.echo(m, err=True))
+    click.echo(out)

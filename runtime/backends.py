@@ -1,0 +1,192 @@
+"""Backends: one small interface, several implementations, all fed the same engine directory.
+
+A backend owns the graphs' sessions and the device arrays. Arrays are numpy on the CPU
+(onnxruntime) and torch tensors on a GPU or for the torch backend; the pipeline only uses the
+operations numpy and torch share (in-place arithmetic, slicing), so the Taylor state and the
+sampler run unchanged on every backend and never copy the factors to the host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+class Backend:
+    name = ""
+
+    def __init__(self, directory: Path, manifest: dict, device: str):
+        self.directory, self.manifest, self.device = directory, manifest, device
+
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        raise NotImplementedError
+
+    def zeros(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        a = self.empty(shape, dtype)
+        a[...] = 0
+        return a
+
+    def asarray(self, a: np.ndarray) -> Any:
+        """Host -> device (a copy on a GPU, a no-op on the CPU)."""
+        raise NotImplementedError
+
+    def numpy(self, a: Any) -> np.ndarray:
+        """Device -> host; used once per request, for the final latents."""
+        raise NotImplementedError
+
+    def run(self, graph: str, inputs: dict[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run `graph`; with `outputs` it writes into those device buffers, else it returns new arrays."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for timing)."""
+
+
+def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu") -> Backend:
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(directory, manifest, device)
+    if name == "torch":
+        return TorchBackend(directory, manifest, device)
+    if name == "tensorrt":
+        raise BackendUnavailable("the tensorrt backend is not part of this build yet; use --backend onnxruntime")
+    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime with IOBinding: hot-loop outputs are written straight into our buffers, and on
+    the CUDA provider those buffers are torch CUDA tensors, so nothing crosses to the host."""
+
+    name = "onnxruntime"
+
+    def __init__(self, directory: Path, manifest: dict, device: str):
+        super().__init__(directory, manifest, device)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("onnxruntime is not installed; pip install onnxruntime "
+                                     "(or onnxruntime-gpu for CUDA)") from None
+        self.ort = ort
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("this onnxruntime has no CUDA provider; pip install onnxruntime-gpu "
+                                         "or use --device cpu")
+            self.torch = _import_torch("the CUDA device buffers")
+            providers = [("CUDAExecutionProvider", {"device_id": _device_index(device)})]
+        else:
+            raise BackendUnavailable(f"unknown device {device!r}; use cpu or cuda[:N]")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {
+            name: ort.InferenceSession(str(directory / g["onnx"]), opts, providers=providers)
+            for name, g in manifest["graphs"].items()
+        }
+        self._cuda = device != "cpu"
+
+    def empty(self, shape, dtype="float32"):
+        if self._cuda:
+            return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
+        return np.empty(shape, dtype=dtype)
+
+    def asarray(self, a):
+        if self._cuda:
+            return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return np.ascontiguousarray(a)
+
+    def numpy(self, a):
+        return a.detach().cpu().numpy() if self._cuda else np.array(a, copy=True)
+
+    def run(self, graph, inputs, outputs=None):
+        sess = self.sessions[graph]
+        if outputs is None:
+            # Once-per-request graphs (text encoders, VAE): plain run, results moved to the device.
+            names = [o.name for o in sess.get_outputs()]
+            host = {k: v if isinstance(v, np.ndarray) else self.numpy(v) for k, v in inputs.items()}
+            return {n: self.asarray(r) for n, r in zip(names, sess.run(names, host))}
+        binding = sess.io_binding()
+        for name, a in inputs.items():
+            self._bind(binding.bind_input, name, a)
+        for name, a in outputs.items():
+            self._bind(binding.bind_output, name, a)
+        sess.run_with_iobinding(binding)
+        return outputs
+
+    def _bind(self, bind, name, a):
+        if self._cuda:
+            bind(name, "cuda", _device_index(self.device), _np_dtype(a), tuple(a.shape), a.data_ptr())
+        else:
+            bind(name, "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+
+    def synchronize(self):
+        if self._cuda:
+            self.torch.cuda.synchronize(self.device)
+
+
+class TorchBackend(Backend):
+    """The exported torch programs themselves, eager: the numerical reference and a GPU path."""
+
+    name = "torch"
+
+    def __init__(self, directory: Path, manifest: dict, device: str):
+        super().__init__(directory, manifest, device)
+        self.torch = _import_torch("the torch backend")
+        if "torch" not in manifest.get("formats", []):
+            raise BackendUnavailable(f"{directory} was exported without torch programs; re-export with "
+                                     "--torch-programs or use --backend onnxruntime")
+        if device.startswith("cuda") and not self.torch.cuda.is_available():
+            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        self.modules = {}
+        for name, g in manifest["graphs"].items():
+            program = self.torch.export.load(str(directory / g["torch"]))
+            self.modules[name] = program.module().to(device)
+        self.output_names = {name: [o["name"] for o in g["outputs"]] for name, g in manifest["graphs"].items()}
+        self.input_names = {name: [i["name"] for i in g["inputs"]] for name, g in manifest["graphs"].items()}
+
+    def empty(self, shape, dtype="float32"):
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
+
+    def asarray(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def numpy(self, a):
+        return a.detach().cpu().numpy()
+
+    def run(self, graph, inputs, outputs=None):
+        with self.torch.inference_mode():
+            args = [inputs[n] for n in self.input_names[graph]]
+            result = self.modules[graph](*args)
+        result = result if isinstance(result, (tuple, list)) else (result,)
+        named = dict(zip(self.output_names[graph], result))
+        if outputs is None:
+            return named
+        for name, buf in outputs.items():
+            buf.copy_(named[name])
+        return outputs
+
+    def synchronize(self):
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize(self.device)
+
+
+def _import_torch(why: str):
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable(f"torch is not installed but is needed for {why}; pip install torch") from None
+    return torch
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def _np_dtype(t) -> Any:
+    return np.dtype(str(t.dtype).replace("torch.", ""))

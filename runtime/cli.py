@@ -1,0 +1,81 @@
+"""seer-run: generate images from an engine directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli_common import user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("engine_dir", type=click.Path())
+@click.option("--prompt", "-p", required=True, help="What to draw.")
+@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG to write (prompt, seed and schedule go into its metadata).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Denoising steps [default: the directory's, 50].")
+@click.option("--height", type=int, default=None, help="Image height in pixels [default: the directory's].")
+@click.option("--width", type=int, default=None, help="Image width in pixels [default: the directory's].")
+@click.option("--guidance", type=float, default=None, help="Guidance scale [default: 3.5].")
+@click.option("--interval", "-N", type=int, default=None,
+              help="Run the full transformer every N steps after warm-up, forecast the rest [default: 6].")
+@click.option("--order", type=int, default=None, help="Taylor order of the forecast [default: 1].")
+@click.option("--warmup", type=int, default=None, help="Leading steps always run in full [default: 3].")
+@click.option("--final-full", type=int, default=0, show_default=True, help="Trailing steps always run in full.")
+@click.option("--schedule-style", type=click.Choice(["taylorseer", "diffusers"]), default="taylorseer",
+              show_default=True, help="Where the full steps fall after warm-up: as in the TaylorSeer paper, or as "
+                                      "diffusers' TaylorSeerCacheConfig places them.")
+@click.option("--no-cache", is_flag=True, help="Run every step in full (the unaccelerated reference).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for a GPU.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check every file's sha256 against the manifest before loading.")
+@click.option("--json", "as_json", is_flag=True, help="Print timings and the schedule as JSON on stdout.")
+@user_errors
+def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
+         schedule_style, no_cache, backend, device, verify, as_json):
+    """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
+
+    \b
+    Example:
+      seer-run out/flux-tiny --prompt "a red circle" --seed 0 --steps 50 --out out.png
+      seer-run out/flux --prompt "..." --interval 6 --order 1 --warmup 3
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    from .. import __version__
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify)
+    g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
+             interval=interval, order=order, warmup=warmup, final_full=final_full, schedule_style=schedule_style,
+             no_cache=no_cache)
+    for name, cut in g.truncated.items():
+        if cut[0]:
+            click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
+                       "were truncated and ignored", err=True)
+    s = g.schedule
+    settings = {"prompt": prompt, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
+                "no_cache": no_cache, "interval": interval, "order": order, "warmup": warmup,
+                "final_full": final_full, "schedule_style": schedule_style, "backend": backend,
+                "engine": pipe.manifest["model"]["source"], "seer": __version__}
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(settings))
+    info.add_text("prompt", prompt)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    g.image.save(out, pnginfo=info)
+    report = {"out": out, "schedule": s.describe(), "timings_s": {k: round(v, 4) for k, v in g.timings.items()}}
+    if as_json:
+        click.echo(json.dumps({**settings, **report}))
+    else:
+        click.echo(f"{out}: {s.describe()}, denoise {g.timings['denoise']:.2f} s, total {g.timings['total']:.2f} s",
+                   err=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The text-to-image pipeline over an engine directory: tokenize, encode, denoise with TaylorSeer
+forecasting, decode. Imports neither diffusers nor transformers: the directory is all it reads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..engines.manifest import read_manifest
+from ..errors import UsageError
+from .backends import Backend, create_backend
+from .noise import randn
+from .rope import flux_rope
+from .sampler import FlowMatchEuler, latent_grid, pack, unpack
+from .schedule import Schedule
+from .taylor import TaylorState
+from .text import PromptTokenizer
+
+
+@dataclass
+class Generation:
+    images: list  # PIL images
+    schedule: Schedule
+    timings: dict[str, float]
+    latents: np.ndarray | None = None  # final packed latents [B, N, C], like diffusers' output_type="latent"
+    truncated: dict[str, list[int]] = field(default_factory=dict)  # tokens cut per encoder and prompt
+
+    @property
+    def image(self):
+        return self.images[0]
+
+
+class Pipeline:
+    def __init__(self, directory: Path, manifest: dict, backend: Backend):
+        self.directory, self.manifest, self.backend = directory, manifest, backend
+        self.config = manifest["model"]["config"]
+        self.sampler = FlowMatchEuler.from_manifest(manifest["sampler"])
+        text = manifest["text"]
+        self.tokenizers = {k: PromptTokenizer(directory / v["tokenizer"], v["max_length"], v["pad_id"], v["pad_token"])
+                           for k, v in text.items()}
+        self.cache = manifest["cache"]
+        self._buffers: dict[tuple, dict[str, Any]] = {}
+
+    @classmethod
+    def load(cls, engine_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+             verify: bool = True) -> Pipeline:
+        directory = Path(engine_dir)
+        manifest = read_manifest(directory, verify=verify)
+        return cls(directory, manifest, create_backend(backend, directory, manifest, device))
+
+    def schedule(self, steps: int, no_cache: bool = False, interval: int | None = None, warmup: int | None = None,
+                 final_full: int = 0, style: str = "taylorseer") -> Schedule:
+        d = self.manifest["defaults"]["schedule"]
+        if no_cache:
+            return Schedule.no_cache(steps)
+        interval = d["interval"] if interval is None else interval
+        warmup = d["warmup"] if warmup is None else warmup
+        if style == "taylorseer":
+            return Schedule.taylorseer(steps, interval, warmup, final_full)
+        if style == "diffusers":
+            return Schedule.diffusers(steps, interval, warmup, steps - final_full if final_full else None)
+        raise UsageError(f"unknown schedule style {style!r}; choose taylorseer or diffusers")
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        seed: int = 0,
+        steps: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float | None = None,
+        interval: int | None = None,
+        order: int | None = None,
+        warmup: int | None = None,
+        final_full: int = 0,
+        schedule_style: str = "taylorseer",
+        no_cache: bool = False,
+        return_latents: bool = False,
+        on_step: Callable[[int, bool], None] | None = None,
+    ) -> Generation:
+        d = self.manifest["defaults"]
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        steps = d["steps"] if steps is None else steps
+        height, width = d["height"] if height is None else height, d["width"] if width is None else width
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        order = d["schedule"]["order"] if order is None else order
+        self._check(prompts, height, width, order)
+        schedule = self.schedule(steps, no_cache, interval, warmup, final_full, schedule_style)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        text, pooled, truncated = self._encode(prompts)
+        timings["text"] = time.perf_counter() - t0
+
+        b, latent = len(prompts), self.manifest["latent"]
+        rows, cols = latent_grid(height, width, latent["vae_scale_factor"])
+        n = rows * cols
+        buf = self._request_buffers(b, n, order)
+        noise = randn((b, latent["channels"], rows * 2, cols * 2), seed)
+        latents = self.backend.asarray(pack(noise))
+        cos, sin = flux_rope(self.tokenizers["t5"].max_length, rows, cols, self.config["axes_dims_rope"],
+                             self.config["rope_theta"])
+        cos, sin = self.backend.asarray(cos), self.backend.asarray(sin)
+        sigmas = self.sampler.sigmas(steps, n)
+        timesteps = self.sampler.timesteps(sigmas)
+        guidance = self.backend.asarray(np.full(b, guidance_scale, np.float32)) if self.config["guidance"] else None
+        state: TaylorState = buf["state"]
+        state.reset()
+        lite = self.cache["granularity"] == "lite"
+
+        t1 = time.perf_counter()
+        for i in range(steps):
+            step = {"hidden_states": latents, "pooled_projections": pooled,
+                    "timestep": self.backend.asarray(np.full(b, timesteps[i], np.float32))}
+            if guidance is not None:
+                step["guidance"] = guidance
+            if schedule.full[i]:
+                # Lite: the prediction is the cached feature, written straight into the spare factor.
+                pred = state.spare[0] if lite else buf["pred"]
+                outputs = {"sample": pred}
+                if not lite:
+                    outputs["features"] = state.spare
+                self.backend.run("full", {**step, "encoder_hidden_states": text, "rope_cos": cos, "rope_sin": sin},
+                                 outputs)
+                _euler(latents, pred, buf["scratch"], sigmas[i + 1] - sigmas[i])
+                state.update(i, derive=i >= schedule.derive_from)
+            else:
+                inputs = {f"factor_{j}": f for j, f in enumerate(state.factors)}
+                inputs["coefficients"] = self.backend.asarray(state.coefficients(i))
+                if not lite:
+                    inputs.update(step)
+                self.backend.run("forecast", inputs, {"sample": buf["pred"]})
+                _euler(latents, buf["pred"], buf["scratch"], sigmas[i + 1] - sigmas[i])
+            if on_step:
+                on_step(i, schedule.full[i])
+        self.backend.synchronize()
+        timings["denoise"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        final = self.backend.numpy(latents)
+        images = self._decode(unpack(final, rows, cols))
+        timings["decode"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        return Generation(images, schedule, timings, final if return_latents else None, truncated)
+
+    def _check(self, prompts: list[str], height: int, width: int, order: int) -> None:
+        if not prompts or any(not p.strip() for p in prompts):
+            raise UsageError("the prompt is empty; describe the image to generate, e.g. --prompt 'a red circle'")
+        multiple = self.manifest["latent"]["vae_scale_factor"] * 2
+        for name, v in (("height", height), ("width", width)):
+            if v < multiple or v % multiple:
+                lo = max(multiple, v - v % multiple)
+                raise UsageError(f"{name} {v} cannot be generated: it must be a positive multiple of {multiple} "
+                                 f"(try {lo} or {lo + multiple})")
+        if (height // multiple) * (width // multiple) > 65536:
+            raise UsageError(f"{height}x{width} is larger than the exported graphs take (65536 latent tokens)")
+        max_order = self.cache["max_order"]
+        if order < 0:
+            raise UsageError(f"order must be 0 or more (got {order}); 0 reuses the last full step's features")
+        if order > max_order:
+            raise UsageError(f"order {order} is above the {max_order} this engine directory was exported for; "
+                             f"use --order {max_order} or re-export with --max-order {order}")
+
+    def _encode(self, prompts: list[str]):
+        clip = self.tokenizers["clip"](prompts)
+        t5 = self.tokenizers["t5"](prompts)
+        pooled = self.backend.run("clip", {"input_ids": self.backend.asarray(clip.ids)})["pooled_projections"]
+        text = self.backend.run("t5", {"input_ids": self.backend.asarray(t5.ids)})["encoder_hidden_states"]
+        return text, pooled, {"clip": clip.truncated, "t5": t5.truncated}
+
+    def _request_buffers(self, b: int, n: int, order: int) -> dict[str, Any]:
+        """Device buffers for a batch and resolution, reused by every request of that shape."""
+        key = (b, n, order)
+        if key not in self._buffers:
+            self._buffers.clear()  # one shape's buffers at a time: the factors can be large
+            c_out = self.config["out_channels"]
+            streams, dim = len(self.cache["streams"]), self.cache["feature_dim"]
+            state = TaylorState(order, lambda: self.backend.zeros((streams, b, n, dim)),
+                                slots=self.cache["max_order"] + 1)
+            self._buffers[key] = {"pred": self.backend.zeros((b, n, c_out)),
+                                  "scratch": self.backend.zeros((b, n, c_out)), "state": state}
+        return self._buffers[key]
+
+    def _decode(self, latents: np.ndarray) -> list:
+        from PIL import Image
+
+        image = self.backend.run("vae_decoder", {"latents": self.backend.asarray(latents)})["image"]
+        image = self.backend.numpy(image)
+        image = np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+        return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in image]
+
+
+def _euler(latents, pred, scratch, dt) -> None:
+    """latents += dt * pred, in place, without touching pred (it may be a Taylor factor)."""
+    scratch[...] = pred
+    scratch *= float(dt)
+    latents += scratch

@@ -1,0 +1,26 @@
+"""Errors a user can act on. The command-line tools print them as one line and exit with code 2.
+
+Every message names the problem and what to do about it; anything else escaping is a bug.
+"""
+
+
+class SeerError(Exception):
+    """Base class: a problem with the user's input or environment, not with seer itself."""
+
+    exit_code = 2
+
+
+class UsageError(SeerError):
+    """An argument is out of range or inconsistent (steps, interval, resolution, prompt...)."""
+
+
+class EngineDirError(SeerError):
+    """An engine directory is missing, incomplete, altered or of another schema version."""
+
+
+class BackendUnavailable(SeerError):
+    """The requested backend cannot run here (package not installed, no GPU...)."""
+
+
+class ModelSourceError(SeerError):
+    """The model to export cannot be found or is not a FLUX pipeline."""
