@@ -81,7 +81,7 @@ class Pipeline:
         schedule_style: str = "taylorseer",
         no_cache: bool = False,
         return_latents: bool = False,
-        on_step: Callable[[int, bool], None] | None = None,
+        on_step: Callable[[int, bool, Any], None] | None = None,
     ) -> Generation:
         d = self.manifest["defaults"]
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -137,7 +137,7 @@ class Pipeline:
                 self.backend.run("forecast", inputs, {"sample": buf["pred"]})
                 _euler(latents, buf["pred"], buf["scratch"], sigmas[i + 1] - sigmas[i])
             if on_step:
-                on_step(i, schedule.full[i])
+                on_step(i, schedule.full[i], latents)
         self.backend.synchronize()
         timings["denoise"] = time.perf_counter() - t1
 

@@ -1,0 +1,124 @@
+"""Every bad input gets one line naming the problem and the fix, and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from seer.export.cli import main as export_main
+from seer.runtime.cli import main as run_main
+
+
+def run(args, main=run_main, env=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    return result.exit_code, result.output
+
+
+@pytest.fixture()
+def engine_copy(engine_modules, tmp_path):
+    dst = tmp_path / "engine"
+    shutil.copytree(engine_modules, dst)
+    return dst
+
+
+def _one_line_error(code, out, *needles):
+    assert code == 2, out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "Traceback" not in out
+    for n in needles:
+        assert n in line, line
+
+
+def test_missing_file(engine_copy):
+    (engine_copy / "forecast.onnx").unlink()
+    _one_line_error(*run([engine_copy, "-p", "x"]), "missing forecast.onnx", "re-export")
+
+
+def test_changed_file(engine_copy):
+    p = engine_copy / "tokenizers" / "clip.json"
+    data = bytearray(p.read_bytes())
+    data[10] ^= 1
+    p.write_bytes(bytes(data))
+    _one_line_error(*run([engine_copy, "-p", "x"]), "does not match its sha256", "re-export")
+
+
+@pytest.mark.parametrize("version,fix", [(99, "upgrade seer"), (0, "re-export")])
+def test_other_schema_version(engine_copy, version, fix):
+    m = json.loads((engine_copy / "manifest.json").read_text())
+    m["schema_version"] = version
+    (engine_copy / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(*run([engine_copy, "-p", "x"]), f"schema v{version}", fix)
+
+
+def test_not_an_engine_dir(tmp_path):
+    _one_line_error(*run([tmp_path, "-p", "x"]), "no manifest.json", "seer-export")
+
+
+def test_backend_not_available(engine_lite):
+    # exported without torch programs
+    _one_line_error(*run([engine_lite, "-p", "x", "--backend", "torch"]), "without torch programs", "--backend onnxruntime")
+
+
+def test_cuda_provider_not_installed(engine_modules):
+    _one_line_error(*run([engine_modules, "-p", "x", "--device", "cuda"]), "no CUDA provider", "onnxruntime-gpu")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--height", "100"], ["height 100", "multiple of 16", "try 96 or 112"]),
+    (["--width", "0"], ["width 0"]),
+    (["--interval", "0"], ["interval must be at least 1"]),
+    (["--order", "-1"], ["order must be 0 or more"]),
+    (["--order", "3"], ["above the 2", "--max-order 3"]),
+    (["--warmup", "9", "--steps", "8"], ["warm-up must be between 1 and the number of steps (8)"]),
+    (["--steps", "0"], ["steps must be at least 1"]),
+])
+def test_bad_settings(engine_modules, args, needles):
+    _one_line_error(*run([engine_modules, "-p", "a red circle", *args]), *needles)
+
+
+def test_empty_prompt(engine_modules):
+    _one_line_error(*run([engine_modules, "-p", "   "]), "prompt is empty")
+
+
+def test_long_prompt_is_truncated_with_a_warning(engine_modules, tmp_path):
+    prompt = " ".join(["a red circle at the top left"] * 30)
+    code, out = run([engine_modules, "-p", prompt, "--steps", "2", "--out", tmp_path / "x.png"])
+    assert code == 0, out
+    assert "warning: the prompt is longer than the t5 encoder takes" in out and "truncated" in out
+    assert "clip" in out  # 180 words exceed CLIP's 77 tokens too
+
+
+def test_unknown_model_offline(tmp_path):
+    code, out = run(["nobody/no-such-flux", "--out", tmp_path / "e"], main=export_main,
+                    env={"HF_HUB_OFFLINE": "1"})
+    _one_line_error(code, out, "cannot get 'nobody/no-such-flux'", "local diffusers directory")
+    assert not (tmp_path / "e").exists()
+
+
+def test_model_dir_that_is_not_flux(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    _one_line_error(*run([tmp_path / "m", "--out", tmp_path / "e"], main=export_main), "FLUX")
+
+
+def test_existing_output_is_not_overwritten(engine_modules):
+    _one_line_error(*run(["flux-tiny", "--out", engine_modules], main=export_main), "already exists", "--overwrite")
+
+
+def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    from seer.export import flux_export
+
+    real = flux_export.export_graph
+
+    def fail_on_t5(module, inputs, outputs, dims, directory, name, *a, **k):
+        if name == "t5":
+            raise KeyboardInterrupt
+        return real(module, inputs, outputs, dims, directory, name, *a, **k)
+
+    monkeypatch.setattr(flux_export, "export_graph", fail_on_t5)
+    with pytest.raises(KeyboardInterrupt):
+        flux_export.export_flux("flux-tiny", tmp_path / "e", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
