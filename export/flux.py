@@ -167,7 +167,7 @@ class FluxForecast(nn.Module):
     def forward(self, *args):
         if self.granularity == "lite":
             coefficients, *factors = args
-            return forecast(factors, coefficients)
+            return forecast([f[0] for f in factors], coefficients)
         if self.guidance:
             hidden_states, pooled, timestep, guidance, coefficients, *factors = args
         else:

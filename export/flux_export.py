@@ -45,7 +45,7 @@ def export_flux(
     log(f"loading {model} from {source}")
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(source, dtype=torch.float32)
     for m in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
         m.eval().requires_grad_(False)
     shape = FluxShape.of(pipe.transformer)

@@ -59,7 +59,7 @@ class Pipeline:
         if no_cache:
             return Schedule.no_cache(steps)
         interval = d["interval"] if interval is None else interval
-        warmup = d["warmup"] if warmup is None else warmup
+        warmup = min(d["warmup"], steps) if warmup is None else warmup  # a default never makes a short run fail
         if style == "taylorseer":
             return Schedule.taylorseer(steps, interval, warmup, final_full)
         if style == "diffusers":

@@ -22,7 +22,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def diffusers_latents(tiny_model):
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(tiny_model, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(tiny_model, dtype=torch.float32)
     out = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=3.5,
                max_sequence_length=32, generator=torch.Generator("cpu").manual_seed(7), output_type="latent")
     return out.images.numpy()
