@@ -81,7 +81,7 @@ def export_graph(
             verbose=False,
         )
     model = onnx_program.model_proto
-    _no_float64(model, name)
+    check_no_float64(model, name)
     if big:
         onnx.save_model(model, onnx_path, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{name}.onnx.data", size_threshold=1024)
@@ -119,10 +119,12 @@ def _dynamic_shapes(module: torch.nn.Module, dims: list) -> dict[str, Any]:
     return out
 
 
-def _no_float64(model: onnx.ModelProto, name: str) -> None:
+def check_no_float64(model: onnx.ModelProto, name: str) -> None:
     bad = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
-    bad += [v.name for v in list(model.graph.input) + list(model.graph.output)
+    bad += [v.name for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]
             if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE]
+    bad += [n.name for n in model.graph.node if n.op_type == "Cast"
+            and any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute)]
     if bad:
         raise RuntimeError(f"graph {name} carries float64 tensors {bad[:5]}; TensorRT cannot take them")
 

@@ -58,9 +58,10 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
         if cut[0]:
             click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
                        "were truncated and ignored", err=True)
-    s = g.schedule
+    s, d = g.schedule, pipe.manifest["defaults"]["schedule"]
     settings = {"prompt": prompt, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
-                "no_cache": no_cache, "interval": interval, "order": order, "warmup": warmup,
+                "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,
+                "order": d["order"] if order is None else order, "warmup": d["warmup"] if warmup is None else warmup,
                 "final_full": final_full, "schedule_style": schedule_style, "backend": backend,
                 "engine": pipe.manifest["model"]["source"], "seer": __version__}
     info = PngInfo()
