@@ -49,6 +49,9 @@ def writing_engine_dir(target: str | os.PathLike, overwrite: bool = False) -> It
         raise EngineDirError(f"{target} already exists; choose another --out or pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished directory private
     try:
         yield tmp
         if not (tmp / MANIFEST).is_file():
