@@ -53,14 +53,7 @@ class Schedule:
 
     @classmethod
     def taylorseer(cls, steps: int, interval: int = 6, warmup: int = 3, final_full: int = 0) -> Schedule:
-        _check_steps(steps)
-        if interval < 1:
-            raise UsageError(f"interval must be at least 1 (got {interval}); 1 runs every step in full")
-        if warmup < 1 or warmup > steps:
-            raise UsageError(
-                f"warm-up must be between 1 and the number of steps ({steps}), got {warmup}: "
-                "the first step is always full because nothing can be forecast before it"
-            )
+        _check(steps, interval, warmup)
         _check_final(final_full, steps)
         full = tuple(
             i < warmup or (i - (warmup - 1)) % interval == 0 or i >= steps - final_full for i in range(steps)
@@ -75,13 +68,7 @@ class Schedule:
         disable_cache_before_step: int = 3,
         disable_cache_after_step: int | None = None,
     ) -> Schedule:
-        _check_steps(steps)
-        if cache_interval < 1:
-            raise UsageError(f"cache interval must be at least 1 (got {cache_interval})")
-        if disable_cache_before_step < 1 or disable_cache_before_step > steps:
-            raise UsageError(
-                f"warm-up must be between 1 and the number of steps ({steps}), got {disable_cache_before_step}"
-            )
+        _check(steps, cache_interval, disable_cache_before_step)
         after = steps if disable_cache_after_step is None else disable_cache_after_step
         full = tuple(
             i < disable_cache_before_step
@@ -95,6 +82,17 @@ class Schedule:
 def _check_steps(steps: int) -> None:
     if steps < 1:
         raise UsageError(f"steps must be at least 1 (got {steps})")
+
+
+def _check(steps: int, interval: int, warmup: int) -> None:
+    _check_steps(steps)
+    if interval < 1:
+        raise UsageError(f"interval must be at least 1 (got {interval}); 1 runs every step in full")
+    if warmup < 1 or warmup > steps:
+        raise UsageError(
+            f"warm-up must be between 1 and the number of steps ({steps}), got {warmup}: "
+            "the first step is always full because nothing can be forecast before it"
+        )
 
 
 def _check_final(final_full: int, steps: int) -> None:
