@@ -83,12 +83,12 @@ def export_flux(
         sched = pipe.scheduler.config
         manifest = {
             "created_by": f"seer {__version__}",
-            "model": {"family": "flux", "source": model, "config": _jsonable(shape.__dict__)},
+            "model": {"family": "flux", "source": model, "config": dict(shape.__dict__)},
             "precision": "float32",
             "formats": ["onnx"] + (["torch"] if torch_program else []),
             "sampler": {
                 "type": "flow_match_euler",
-                **{k: _jsonable(sched[k]) for k in ("num_train_timesteps", "shift", "use_dynamic_shifting",
+                **{k: sched[k] for k in ("num_train_timesteps", "shift", "use_dynamic_shifting",
                                                    "base_shift", "max_shift", "base_image_seq_len",
                                                    "max_image_seq_len") if k in sched},
             },
@@ -165,10 +165,3 @@ def _to_fast(tok):
 
     return AutoTokenizer.from_pretrained(tok.name_or_path, use_fast=True)
 
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v

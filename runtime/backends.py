@@ -40,6 +40,13 @@ class Backend:
         """Device -> host; used once per request, for the final latents."""
         raise NotImplementedError
 
+    def write(self, dst: Any, host: np.ndarray) -> None:
+        """Host values into an existing device buffer (no allocation on the device)."""
+        if isinstance(dst, np.ndarray):
+            dst[...] = host
+        else:
+            dst.copy_(self.torch.from_numpy(np.ascontiguousarray(host)))
+
     def run(self, graph: str, inputs: dict[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run `graph`; with `outputs` it writes into those device buffers, else it returns new arrays."""
         raise NotImplementedError

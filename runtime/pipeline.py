@@ -107,7 +107,8 @@ class Pipeline:
                              self.config["rope_theta"])
         cos, sin = self.backend.asarray(cos), self.backend.asarray(sin)
         sigmas = self.sampler.sigmas(steps, n)
-        timesteps = self.sampler.timesteps(sigmas)
+        # every step's timestep on the device once: the loop then only takes views
+        timesteps = self.backend.asarray(np.repeat(self.sampler.timesteps(sigmas)[:, None], b, axis=1))
         guidance = self.backend.asarray(np.full(b, guidance_scale, np.float32)) if self.config["guidance"] else None
         state: TaylorState = buf["state"]
         state.reset()
@@ -115,8 +116,7 @@ class Pipeline:
 
         t1 = time.perf_counter()
         for i in range(steps):
-            step = {"hidden_states": latents, "pooled_projections": pooled,
-                    "timestep": self.backend.asarray(np.full(b, timesteps[i], np.float32))}
+            step = {"hidden_states": latents, "pooled_projections": pooled, "timestep": timesteps[i]}
             if guidance is not None:
                 step["guidance"] = guidance
             if schedule.full[i]:
@@ -131,7 +131,8 @@ class Pipeline:
                 state.update(i, derive=i >= schedule.derive_from)
             else:
                 inputs = {f"factor_{j}": f for j, f in enumerate(state.factors)}
-                inputs["coefficients"] = self.backend.asarray(state.coefficients(i))
+                self.backend.write(buf["coefficients"], state.coefficients(i))
+                inputs["coefficients"] = buf["coefficients"]
                 if not lite:
                     inputs.update(step)
                 self.backend.run("forecast", inputs, {"sample": buf["pred"]})
@@ -183,6 +184,7 @@ class Pipeline:
             state = TaylorState(order, lambda: self.backend.zeros((streams, b, n, dim)),
                                 slots=self.cache["max_order"] + 1)
             self._buffers[key] = {"pred": self.backend.zeros((b, n, c_out)),
+                                  "coefficients": self.backend.zeros((self.cache["max_order"] + 1,)),
                                   "scratch": self.backend.zeros((b, n, c_out)), "state": state}
         return self._buffers[key]
 

@@ -28,12 +28,11 @@ class PromptTokenizer:
         self.max_length = max_length
         self.tok.no_padding()
         self.tok.no_truncation()
-        self._full = self.tok
         self.padded = Tokenizer.from_str(self.tok.to_str())
         self.padded.enable_truncation(max_length)
         self.padded.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
 
     def __call__(self, prompts: list[str]) -> Tokenized:
         ids = np.array([e.ids for e in self.padded.encode_batch(prompts)], dtype=np.int64)
-        lengths = [len(e.ids) for e in self._full.encode_batch(prompts)]
+        lengths = [len(e.ids) for e in self.tok.encode_batch(prompts)]
         return Tokenized(ids, [max(0, n - self.max_length) for n in lengths])
