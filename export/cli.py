@@ -18,7 +18,7 @@ from ..cli_common import user_errors
               help="Highest Taylor order seer-run may use with this directory.")
 @click.option("--max-sequence-length", type=int, default=None,
               help="T5 tokens per prompt [default: 512 for FLUX.1-dev, 256 without guidance embedding, "
-                   "32 for flux-tiny].")
+                   "less where the tokenizer says so (16 for flux-tiny)].")
 @click.option("--torch-programs/--no-torch-programs", default=True, show_default=True,
               help="Also store the torch.export programs (for seer-run --backend torch; doubles the size).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -27,7 +27,7 @@ from ..cli_common import user_errors
 def main(model, out, cache, max_order, max_sequence_length, torch_programs, overwrite, fp8):
     """Export MODEL to an engine directory of ONNX graphs and a manifest.
 
-    MODEL is `flux-tiny` (the small model embedded in seer, built offline), `flux` (alias of
+    MODEL is `flux-tiny` (the small trained model shipped inside seer), `flux` (alias of
     black-forest-labs/FLUX.1-dev), any Hugging Face repo id of a diffusers FLUX pipeline, or a local
     diffusers FLUX directory. Hub downloads go through the normal Hugging Face cache, so a model
     fetched once exports offline afterwards.

@@ -20,10 +20,8 @@ from ..errors import UsageError
 from ..runtime.rope import flux_rope
 from .flux import GRANULARITIES, ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
 from .graphs import GraphIO, export_graph
-from .source import EMBEDDED, resolve
+from .source import resolve
 
-# The embedded model's text is short; real FLUX uses 512 (dev) or 256 (schnell) T5 tokens.
-TINY_MAX_SEQUENCE_LENGTH = 32
 MAX_ORDER_LIMIT = 4
 
 
@@ -50,7 +48,9 @@ def export_flux(
         m.eval().requires_grad_(False)
     shape = FluxShape.of(pipe.transformer)
     if max_sequence_length is None:
-        max_sequence_length = TINY_MAX_SEQUENCE_LENGTH if model == EMBEDDED else (512 if shape.guidance else 256)
+        # FLUX.1-dev was trained with 512 T5 tokens, schnell with 256; smaller models say so in their tokenizer.
+        limit = 512 if shape.guidance else 256
+        max_sequence_length = min(limit, int(pipe.tokenizer_2.model_max_length or limit))
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.vae.config.sample_size
     default_size = int(size if isinstance(size, int) else size[0]) if size else 1024

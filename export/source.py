@@ -5,7 +5,6 @@ Hugging Face Hub repository (through the normal hub cache, so it also works offl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import ModelSourceError
@@ -21,8 +20,8 @@ _PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.txt", "*/*.
 
 
 def embedded_dir() -> Path:
-    root = Path(os.environ.get("SEER_CACHE", Path.home() / ".cache" / "seer"))
-    return root / "models" / "flux-tiny-v1"
+    """The trained flux-tiny pipeline shipped inside the package (python -m seer.export.tiny rebuilds it)."""
+    return Path(__file__).parent / "assets" / EMBEDDED
 
 
 def resolve(model: str) -> Path:
@@ -30,9 +29,8 @@ def resolve(model: str) -> Path:
     if model == EMBEDDED:
         path = embedded_dir()
         if not (path / "model_index.json").is_file():
-            from .tiny import build_flux_tiny
-
-            build_flux_tiny(path)
+            raise ModelSourceError(f"the embedded {EMBEDDED} weights are missing from this installation ({path}); "
+                                   "reinstall seer, or rebuild them with: python -m seer.export.tiny --out " + str(path))
         return path
     local = Path(model).expanduser()
     if local.exists():

@@ -1,5 +1,5 @@
-"""Shared fixtures: the embedded flux-tiny model and its engine directories, built once per run
-into a temporary cache (offline, deterministic)."""
+"""Shared fixtures: the embedded (shipped, trained) flux-tiny model and its engine directories,
+exported once per run (offline, deterministic)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def seer_cache(tmp_path_factory):
-    import os
-
-    path = tmp_path_factory.mktemp("seer-cache")
-    os.environ["SEER_CACHE"] = str(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(seer_cache):
+def tiny_model():
     from seer.export.source import resolve
 
     return resolve("flux-tiny")
@@ -38,3 +29,22 @@ def engine_modules(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="session")
 def engine_lite(tmp_path_factory, tiny_model):
     return _export(tmp_path_factory, tiny_model, cache="lite", max_order=1, torch_program=False)
+
+
+@pytest.fixture(scope="session")
+def guided_model(tmp_path_factory):
+    """flux-tiny's layout with FLUX.1-dev's guidance embedding, untrained (random weights)."""
+    from seer.export.tiny import build_untrained
+
+    path = tmp_path_factory.mktemp("flux-guided")
+    build_untrained(path, seed=0, guidance_embeds=True).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine_guided(tmp_path_factory, guided_model):
+    from seer.export.flux_export import export_flux
+
+    out = tmp_path_factory.mktemp("engines") / "flux-guided"
+    export_flux(str(guided_model), out, log=lambda m: None, cache="modules", max_order=1, torch_program=False)
+    return out
