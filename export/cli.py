@@ -21,10 +21,12 @@ from ..cli_common import user_errors
                    "less where the tokenizer says so (16 for flux-tiny)].")
 @click.option("--torch-programs/--no-torch-programs", default=True, show_default=True,
               help="Also store the torch.export programs (for seer-run --backend torch; doubles the size).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="tensorrt: also build TensorRT plans for this GPU (static, default size; seer-build for more).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--fp8", is_flag=True, hidden=True)
 @user_errors
-def main(model, out, cache, max_order, max_sequence_length, torch_programs, overwrite, fp8):
+def main(model, out, cache, max_order, max_sequence_length, torch_programs, backend, overwrite, fp8):
     """Export MODEL to an engine directory of ONNX graphs and a manifest.
 
     MODEL is `flux-tiny` (the small trained model shipped inside seer), `flux` (alias of
@@ -36,6 +38,7 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, over
     Examples:
       seer-export flux-tiny --out out/flux-tiny
       seer-export flux --out out/flux --cache lite
+      seer-export flux --out out/flux --backend tensorrt
     """
     from ..errors import UsageError
 
@@ -43,7 +46,16 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, over
         raise UsageError("--fp8 export is not available yet; export without it")
     from .flux_export import export_flux
 
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if backend == "tensorrt":  # fail before a long export, not after it
+        from ..engines.tensorrt_build import current_device, require_tensorrt
+
+        require_tensorrt()
+        current_device()
     export_flux(model, out, cache=cache, max_order=max_order, torch_program=torch_programs,
-                max_sequence_length=max_sequence_length, overwrite=overwrite,
-                log=lambda m: click.echo(m, err=True))
+                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log)
+    if backend == "tensorrt":
+        from ..engines.tensorrt_build import build_plans
+
+        build_plans(out, log=log)
     click.echo(out)

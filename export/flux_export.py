@@ -108,8 +108,22 @@ def export_flux(
             "graphs": graphs,
         }
         manifest = write_manifest(tmp, manifest)
+        _log_tensorrt_readiness(tmp, graphs, log)
         log(f"exported in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> None:
+    """The static TensorRT check on every graph just written (seer-check runs the same later)."""
+    from ..engines.trt_check import check_onnx
+
+    findings = [f for g in graphs.values() for f in check_onnx(directory / g["onnx"])]
+    if not findings:
+        log(f"TensorRT readiness: all {len(graphs)} graphs pass seer-check")
+        return
+    log(f"warning: {len(findings)} TensorRT readiness problem(s); ONNX Runtime still runs this directory:")
+    for f in findings[:20]:
+        log(f"  {f}")
 
 
 def _export_transformer(transformer, shape: FluxShape, cache: str, max_order: int, text_len: int,

@@ -8,14 +8,15 @@ sampler run unchanged on every backend and never copy the factors to the host.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import BackendUnavailable
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 class Backend:
@@ -54,15 +55,69 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (for timing)."""
 
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """The context a request runs in: the GPU backends put all its work on their own stream."""
+        yield
 
-def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu") -> Backend:
+
+def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu",
+                   cuda_graphs: bool = False) -> Backend:
+    if cuda_graphs and (name == "onnxruntime" or not device.startswith("cuda")):
+        raise BackendUnavailable("CUDA graphs need --device cuda and --backend torch or tensorrt")
     if name == "onnxruntime":
         return OnnxRuntimeBackend(directory, manifest, device)
     if name == "torch":
-        return TorchBackend(directory, manifest, device)
+        return TorchBackend(directory, manifest, device, cuda_graphs)
     if name == "tensorrt":
-        raise BackendUnavailable("the tensorrt backend is not part of this build yet; use --backend onnxruntime")
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(directory, manifest, device, cuda_graphs)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class GpuBackend(Backend):
+    """Torch tensors as the device arrays; on a GPU, every request runs on one non-default stream
+    of the backend's (ordered after, and then before, whatever the caller's stream holds)."""
+
+    def __init__(self, directory: Path, manifest: dict, device: str):
+        super().__init__(directory, manifest, device)
+        self.torch = _import_torch(f"the {self.name} backend")
+        self._stream = None
+        if device.startswith("cuda"):
+            if not self.torch.cuda.is_available():
+                raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+            self.torch.cuda.set_device(_device_index(device))
+            self._stream = self.torch.cuda.Stream(device)
+        elif device != "cpu":
+            raise BackendUnavailable(f"unknown device {device!r}; use cpu or cuda[:N]")
+
+    def empty(self, shape, dtype="float32"):
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
+
+    def asarray(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def numpy(self, a):
+        return a.detach().cpu().numpy()
+
+    def synchronize(self):
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    @contextlib.contextmanager
+    def stream(self):
+        if self._stream is None:
+            yield
+            return
+        caller = self.torch.cuda.current_stream(self.device)
+        if caller == self._stream:  # already inside
+            yield
+            return
+        self._stream.wait_stream(caller)
+        with self.torch.cuda.stream(self._stream):
+            yield
+        caller.wait_stream(self._stream)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -137,50 +192,48 @@ class OnnxRuntimeBackend(Backend):
             self.torch.cuda.synchronize(self.device)
 
 
-class TorchBackend(Backend):
-    """The exported torch programs themselves, eager: the numerical reference and a GPU path."""
+class TorchBackend(GpuBackend):
+    """The exported torch programs themselves, eager: the numerical reference and the GPU path we
+    measure ourselves; on CUDA, optionally with CUDA graphs for the two transformer paths."""
 
     name = "torch"
 
-    def __init__(self, directory: Path, manifest: dict, device: str):
+    def __init__(self, directory: Path, manifest: dict, device: str, cuda_graphs: bool = False):
         super().__init__(directory, manifest, device)
-        self.torch = _import_torch("the torch backend")
         if "torch" not in manifest.get("formats", []):
             raise BackendUnavailable(f"{directory} was exported without torch programs; re-export with "
                                      "--torch-programs or use --backend onnxruntime")
-        if device.startswith("cuda") and not self.torch.cuda.is_available():
-            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
         self.modules = {}
         for name, g in manifest["graphs"].items():
             program = self.torch.export.load(str(directory / g["torch"]))
             self.modules[name] = program.module().to(device)
         self.output_names = {name: [o["name"] for o in g["outputs"]] for name, g in manifest["graphs"].items()}
         self.input_names = {name: [i["name"] for i in g["inputs"]] for name, g in manifest["graphs"].items()}
+        self.graphs = None
+        if cuda_graphs:
+            from .cuda_graphs import CudaGraphs
 
-    def empty(self, shape, dtype="float32"):
-        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
+            self.graphs = CudaGraphs(self.torch, self._stream)
 
-    def asarray(self, a):
-        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
-    def numpy(self, a):
-        return a.detach().cpu().numpy()
-
-    def run(self, graph, inputs, outputs=None):
+    def _call(self, graph, inputs):
         with self.torch.inference_mode():
-            args = [inputs[n] for n in self.input_names[graph]]
-            result = self.modules[graph](*args)
+            result = self.modules[graph](*[inputs[n] for n in self.input_names[graph]])
         result = result if isinstance(result, (tuple, list)) else (result,)
-        named = dict(zip(self.output_names[graph], result))
-        if outputs is None:
-            return named
+        return dict(zip(self.output_names[graph], result))
+
+    def _launch(self, graph, inputs, outputs) -> None:
+        named = self._call(graph, inputs)
         for name, buf in outputs.items():
             buf.copy_(named[name])
-        return outputs
 
-    def synchronize(self):
-        if self.device.startswith("cuda"):
-            self.torch.cuda.synchronize(self.device)
+    def run(self, graph, inputs, outputs=None):
+        if outputs is None:
+            return self._call(graph, inputs)
+        if self.graphs is not None and graph in ("full", "forecast"):
+            self.graphs.run(graph, inputs, outputs, lambda i, o: self._launch(graph, i, o))
+        else:
+            self._launch(graph, inputs, outputs)
+        return outputs
 
 
 def _import_torch(why: str):

@@ -30,14 +30,17 @@ from ..cli_common import user_errors
               show_default=True, help="Where the full steps fall after warm-up: as in the TaylorSeer paper, or as "
                                       "diffusers' TaylorSeerCacheConfig places them.")
 @click.option("--no-cache", is_flag=True, help="Run every step in full (the unaccelerated reference).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
+              show_default=True, help="tensorrt runs the plans seer-build made (GPU only).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for a GPU.")
+@click.option("--cuda-graphs", is_flag=True, help="Replay the transformer paths as CUDA graphs (torch or tensorrt "
+                                                   "backend on cuda).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every file's sha256 against the manifest before loading.")
 @click.option("--json", "as_json", is_flag=True, help="Print timings and the schedule as JSON on stdout.")
 @user_errors
 def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
-         schedule_style, no_cache, backend, device, verify, as_json):
+         schedule_style, no_cache, backend, device, cuda_graphs, verify, as_json):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
 
     \b
@@ -50,7 +53,7 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from .. import __version__
     from .pipeline import Pipeline
 
-    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify)
+    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs)
     g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
              interval=interval, order=order, warmup=warmup, final_full=final_full, schedule_style=schedule_style,
              no_cache=no_cache)

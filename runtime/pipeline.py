@@ -48,10 +48,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-             verify: bool = True) -> Pipeline:
+             verify: bool = True, cuda_graphs: bool = False) -> Pipeline:
+        """`cuda_graphs`: capture the two transformer paths as CUDA graphs (torch or tensorrt on cuda)."""
         directory = Path(engine_dir)
         manifest = read_manifest(directory, verify=verify)
-        return cls(directory, manifest, create_backend(backend, directory, manifest, device))
+        return cls(directory, manifest, create_backend(backend, directory, manifest, device, cuda_graphs))
 
     def schedule(self, steps: int, no_cache: bool = False, interval: int | None = None, warmup: int | None = None,
                  final_full: int = 0, style: str = "taylorseer") -> Schedule:
@@ -83,6 +84,12 @@ class Pipeline:
         return_latents: bool = False,
         on_step: Callable[[int, bool, Any], None] | None = None,
     ) -> Generation:
+        with self.backend.stream():
+            return self._generate(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup,
+                                  final_full, schedule_style, no_cache, return_latents, on_step)
+
+    def _generate(self, prompt, seed, steps, height, width, guidance_scale, interval, order, warmup, final_full,
+                  schedule_style, no_cache, return_latents, on_step) -> Generation:
         d = self.manifest["defaults"]
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         steps = d["steps"] if steps is None else steps
