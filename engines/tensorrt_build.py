@@ -148,6 +148,18 @@ def current_device() -> dict[str, str]:
     return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}"}
 
 
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+
+
+def check_fp8_device(compute_capability: str) -> None:
+    """An FP8 directory is built only where FP8 kernels exist."""
+    major, minor = (int(v) for v in compute_capability.split("."))
+    if (major, minor) < FP8_MIN_COMPUTE_CAPABILITY:
+        raise UsageError(f"this directory's full graph is FP8, which needs a GPU of compute capability 8.9 or "
+                         f"newer (Ada, Hopper, Blackwell); this one has {compute_capability}. Re-export without "
+                         "--fp8 for this GPU, or build on an FP8-capable one")
+
+
 def plan_mismatch(built: dict, tensorrt_version: str, device: dict[str, str]) -> str | None:
     """Why plans built as `built` (the manifest's `tensorrt` entry) cannot run here, or None."""
     here = f"TensorRT {tensorrt_version} on {device['name']} (compute capability {device['compute_capability']})"
@@ -178,6 +190,8 @@ def build_plans(directory: str | Path, options: BuildOptions = BuildOptions(), o
                          f"`seer-check {directory}` lists them all")
     trt = require_tensorrt()
     device = current_device()
+    if manifest.get("quantization"):
+        check_fp8_device(device["compute_capability"])
     profiles = profile_shapes(manifest, options)
     target = Path(out) if out is not None else directory
     with writing_engine_dir(target, overwrite=overwrite or out is None) as tmp:

@@ -46,7 +46,11 @@ def compare_plans(directory: str | Path, atol: float = 1e-3, rtol: float = 1e-3,
     from polygraphy.common import TensorMetadata
     from polygraphy.comparator import Comparator, CompareFunc, DataLoader
 
+    import onnxruntime as ort
+
     providers = ["cuda", "cpu"] if device.startswith("cuda") else ["cpu"]
+    # basic: ONNX Runtime's extended fusions would turn FP8 Q/DQ pairs into integer kernels that reject FP8
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if manifest.get("quantization") else None
     verdicts = {}
     for graph, entry in built["plans"].items():
         shapes, ranges = comparison_inputs(directory, manifest, graph)
@@ -54,7 +58,9 @@ def compare_plans(directory: str | Path, atol: float = 1e-3, rtol: float = 1e-3,
         for name, (dtype, shape) in shapes.items():
             meta.add(name, dtype, shape)
         loader = DataLoader(seed=0, iterations=iterations, input_metadata=meta, val_range=ranges or None)
-        runners = [OnnxrtRunner(SessionFromOnnx(str(directory / manifest["graphs"][graph]["onnx"]), providers=providers)),
+        session = SessionFromOnnx(str(directory / manifest["graphs"][graph]["onnx"]), providers=providers,
+                                  graph_optimization_level=level)
+        runners = [OnnxrtRunner(session),
                    TrtRunner(EngineFromPath(str(directory / entry["plan"])))]
         results = Comparator.run(runners, data_loader=loader)
         verdicts[graph] = bool(Comparator.compare_accuracy(

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UsageError
+from ..prompts import read_prompt_file
 from . import shapes
 
 PSNR_CAP = 100.0  # dB for identical images, so that means and JSON stay finite
@@ -69,12 +70,7 @@ def load_prompts(count: int | None = None, prompt_file: str | Path | None = None
         if count is not None and not 1 <= count <= len(shapes.ALL_SPECS):
             raise UsageError(f"--prompts must be between 1 and {len(shapes.ALL_SPECS)} (got {count})")
         return [s.prompt for s in shapes.eval_specs(count or 36)]
-    path = Path(prompt_file)
-    if not path.is_file():
-        raise UsageError(f"prompt file {path} does not exist; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise UsageError(f"prompt file {path} holds no prompts; write one prompt per line")
+    prompts = read_prompt_file(prompt_file)
     return prompts[:count] if count else prompts
 
 
@@ -180,13 +176,14 @@ def _row(engine_dir, granularity, spec, cases, ref_images, images, full, totals,
 
 def table(report: dict) -> str:
     """The report's rows as a fixed-width text table."""
-    head = f"{'cache':<8}{'schedule':<11}{'full':>6}{'follow %':>10}{'PSNR dB':>9}{'min':>7}{'SSIM':>8}{'min':>7}" \
+    width = max(len("engine"), *(len(Path(r["engine_dir"]).name) for r in report["rows"])) + 2
+    head = f"{'engine':<{width}}{'cache':<8}{'schedule':<11}{'full':>6}{'follow %':>10}{'PSNR dB':>9}{'min':>7}{'SSIM':>8}{'min':>7}" \
            f"{'gen ms':>9}{'loop ms':>9}"
     lines = [head, "-" * len(head)]
     for r in report["rows"]:
         follow = "n/a" if r["prompt_following"] is None else f"{100 * r['prompt_following']:.1f}"
         lines.append(
-            f"{r['cache']:<8}{r['schedule']:<11}{r['full_steps']:>6.1f}{follow:>10}{r['psnr_db']['mean']:>9.2f}"
+            f"{Path(r['engine_dir']).name:<{width}}{r['cache']:<8}{r['schedule']:<11}{r['full_steps']:>6.1f}{follow:>10}{r['psnr_db']['mean']:>9.2f}"
             f"{r['psnr_db']['min']:>7.2f}{r['ssim']['mean']:>8.4f}{r['ssim']['min']:>7.3f}"
             f"{1000 * r['seconds']['generation_median']:>9.1f}{1000 * r['seconds']['denoise_median']:>9.1f}")
     lines.append(f"{report['images_per_row']} images per row ({report['prompts']} prompts x seeds "

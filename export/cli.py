@@ -24,9 +24,20 @@ from ..cli_common import user_errors
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
               help="tensorrt: also build TensorRT plans for this GPU (static, default size; seer-build for more).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-@click.option("--fp8", is_flag=True, hidden=True)
+@click.option("--fp8", is_flag=True,
+              help="Quantize the full transformer path to FP8 E4M3 (standard Q/DQ), calibrated at the default "
+                   "schedule's full steps; TensorRT runs it on compute capability 8.9+.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="With --fp8: reuse this saved calibration (calibration/fp8.json of an earlier export).")
+@click.option("--calibration-prompts", type=click.Path(dir_okay=False), default=None,
+              help="With --fp8: calibration prompts, one per line [default: the shipped set; for flux-tiny, "
+                   "shapes-world prompts outside seer-eval's set].")
+@click.option("--calibration-size", type=int, default=32, show_default=True, help="With --fp8: prompts to use.")
+@click.option("--calibration-steps", type=int, default=None,
+              help="With --fp8: denoising steps per calibration run [default: the directory's, 50].")
 @user_errors
-def main(model, out, cache, max_order, max_sequence_length, torch_programs, backend, overwrite, fp8):
+def main(model, out, cache, max_order, max_sequence_length, torch_programs, backend, overwrite, fp8, calibration,
+         calibration_prompts, calibration_size, calibration_steps):
     """Export MODEL to an engine directory of ONNX graphs and a manifest.
 
     MODEL is `flux-tiny` (the small trained model shipped inside seer), `flux` (alias of
@@ -39,12 +50,9 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, back
       seer-export flux-tiny --out out/flux-tiny
       seer-export flux --out out/flux --cache lite
       seer-export flux --out out/flux --backend tensorrt
+      seer-export flux --out out/flux-fp8 --fp8 --backend tensorrt
     """
-    from ..errors import UsageError
-
-    if fp8:
-        raise UsageError("--fp8 export is not available yet; export without it")
-    from .flux_export import export_flux
+    from .flux_export import FP8Options, export_flux
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if backend == "tensorrt":  # fail before a long export, not after it
@@ -52,8 +60,9 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, back
 
         require_tensorrt()
         current_device()
+    fp8_options = FP8Options(calibration, calibration_prompts, calibration_size, calibration_steps) if fp8 else None
     export_flux(model, out, cache=cache, max_order=max_order, torch_program=torch_programs,
-                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log)
+                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log, fp8=fp8_options)
     if backend == "tensorrt":
         from ..engines.tensorrt_build import build_plans
 

@@ -8,6 +8,7 @@ neither transformers nor diffusers.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from ..errors import UsageError
 from ..runtime.rope import flux_rope
 from .flux import GRANULARITIES, ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
 from .graphs import GraphIO, export_graph
-from .source import resolve
+from .source import EMBEDDED, resolve
 
 MAX_ORDER_LIMIT = 4
 
@@ -34,11 +35,17 @@ def export_flux(
     max_sequence_length: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    fp8: "FP8Options | None" = None,
 ) -> dict[str, Any]:
+    """`fp8`: quantize the full path to FP8 (calibrated at the default schedule's full steps)."""
     if cache not in GRANULARITIES:
         raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
     if not 0 <= max_order <= MAX_ORDER_LIMIT:
         raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order})")
+    if fp8 is not None and torch_program:
+        log("--fp8: the torch programs would stay float32, so none are stored (use --backend onnxruntime/tensorrt)")
+        torch_program = False
+    prompts = fp8.prompts(model) if fp8 is not None and fp8.calibration is None else None  # bad input fails early
     source = resolve(model)
     log(f"loading {model} from {source}")
     from diffusers import FluxPipeline
@@ -80,6 +87,13 @@ def export_flux(
                                                                                  2: 2 * h, 3: 2 * w})],
             ["image"], [{0: "B", 2: "H", 3: "W"}], tmp, "vae_decoder", torch_program, tolerance=1e-3)
 
+        defaults = {
+            "height": default_size, "width": default_size, "steps": 50, "guidance_scale": 3.5,
+            "schedule": {"style": "taylorseer", "interval": 6, "order": 1, "warmup": 3, "final_full": 0},
+        }
+        quantization = None
+        if fp8 is not None:
+            quantization = _quantize_full(pipe, tmp, graphs, fp8, prompts, defaults, max_sequence_length, log)
         sched = pipe.scheduler.config
         manifest = {
             "created_by": f"seer {__version__}",
@@ -101,16 +115,64 @@ def export_flux(
                 "feature_dim": shape.feature_dim(cache),
                 "feature_output": "sample" if cache == "lite" else "features",
             },
-            "defaults": {
-                "height": default_size, "width": default_size, "steps": 50, "guidance_scale": 3.5,
-                "schedule": {"style": "taylorseer", "interval": 6, "order": 1, "warmup": 3, "final_full": 0},
-            },
+            "defaults": defaults,
             "graphs": graphs,
+            **({"quantization": quantization} if quantization else {}),
         }
         manifest = write_manifest(tmp, manifest)
         _log_tensorrt_readiness(tmp, graphs, log)
         log(f"exported in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+@dataclass(frozen=True)
+class FP8Options:
+    """seer-export --fp8: where the calibration comes from."""
+
+    calibration: str | None = None  # a saved calibration to reuse; None: calibrate now
+    prompt_file: str | None = None  # None: the model's own default prompt set
+    size: int = 32  # prompts
+    steps: int | None = None  # None: the directory's default steps
+
+    def prompts(self, model: str) -> list[str]:
+        from ..calib.fp8 import read_prompts
+
+        if self.size < 1:
+            raise UsageError(f"--calibration-size must be at least 1 (got {self.size})")
+        if self.prompt_file is not None:
+            return read_prompts(self.prompt_file)[: self.size]
+        if model == EMBEDDED:  # the shapes world, minus the prompts seer-eval judges by default
+            from ..evaluate import shapes
+
+            held_out = {s.prompt for s in shapes.eval_specs(36)}
+            return [p for p in shapes.PROMPTS if p not in held_out][:: 7][: self.size]
+        return read_prompts(Path(__file__).parent.parent / "calib" / "prompts.txt")[: self.size]
+
+
+def _quantize_full(pipe, tmp: Path, graphs: dict, fp8: FP8Options, prompts, defaults: dict, text_len: int,
+                   log) -> dict[str, Any]:
+    """Calibrates (or loads a calibration), rewrites full.onnx with FP8 Q/DQ, saves the calibration."""
+    from ..calib import fp8 as q
+    from ..runtime.schedule import Schedule
+
+    if fp8.calibration is not None:
+        calibration = q.load_calibration(fp8.calibration)
+        log(f"using the FP8 calibration {fp8.calibration} ({calibration['prompts']} prompts)")
+    else:
+        steps = fp8.steps or defaults["steps"]
+        d = defaults["schedule"]
+        full = Schedule.taylorseer(steps, d["interval"], min(d["warmup"], steps), d["final_full"]).full
+        log(f"calibrating FP8 ranges on {len(prompts)} prompts at the {sum(full)} full steps of {steps} "
+            f"(interval {d['interval']}, warm-up {d['warmup']})")
+        calibration = q.calibrate(pipe, prompts, steps, list(full), defaults["height"], defaults["width"], text_len,
+                                  defaults["guidance_scale"], log=log)
+    rel = "calibration/fp8.json"
+    q.save_calibration(calibration, tmp / rel)
+    counts = q.quantize_graph(tmp / graphs["full"]["onnx"], calibration["amax"])
+    log(f"full: {counts['quantized']} linear layers in FP8 E4M3, {counts['kept']} kept in float32")
+    return {"full": {"format": "fp8-e4m3fn", "scaling": "per-tensor; activations: calibrated max; weights: max",
+                     "form": "onnx QuantizeLinear/DequantizeLinear, opset 19", **counts, "calibration": rel,
+                     "min_compute_capability": "8.9"}}
 
 
 def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> None:

@@ -147,6 +147,8 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # keep Q/DQ pairs as written: ONNX Runtime would fuse FP8 ones into integer kernels that reject FP8
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self.sessions = {
             name: ort.InferenceSession(str(directory / g["onnx"]), opts, providers=providers)
             for name, g in manifest["graphs"].items()
