@@ -82,6 +82,7 @@ def export_graph(
         )
     model = onnx_program.model_proto
     check_no_float64(model, name)
+    _strip_stack_traces(model)
     if big:
         onnx.save_model(model, onnx_path, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{name}.onnx.data", size_threshold=1024)
@@ -141,3 +142,12 @@ def _check_in_onnxruntime(path: Path, inputs: list[GraphIO], names: list[str], e
         err = float(np.max(np.abs(g.astype(np.float32) - e)) / (np.max(np.abs(e)) + 1e-12))
         if not err <= tolerance:
             raise RuntimeError(f"{path.name}: ONNX Runtime output {n} differs from torch (relative error {err:.2e})")
+
+
+def _strip_stack_traces(model) -> None:
+    """The exporter records each node's Python stack trace, with the exporting machine's file paths;
+    an engine directory ships to other machines, so they go (module scopes stay: FP8 uses them)."""
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)

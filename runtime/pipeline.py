@@ -135,7 +135,8 @@ class Pipeline:
                 self.backend.run("full", {**step, "encoder_hidden_states": text, "rope_cos": cos, "rope_sin": sin},
                                  outputs)
                 _euler(latents, pred, buf["scratch"], sigmas[i + 1] - sigmas[i])
-                state.update(i, derive=i >= schedule.derive_from)
+                if not no_cache:  # nothing will be forecast: the factors would be work thrown away
+                    state.update(i, derive=i >= schedule.derive_from)
             else:
                 inputs = {f"factor_{j}": f for j, f in enumerate(state.factors)}
                 self.backend.write(buf["coefficients"], state.coefficients(i))

@@ -60,3 +60,12 @@ def test_png_carries_prompt_seed_and_schedule(engine_modules, tmp_path):
     assert params["prompt"] == "a blue star" and params["seed"] == 5
     assert params["full_steps"] == [0, 1, 2, 8] and params["interval"] == 6 and params["order"] == 1
     assert np.asarray(Image.open(out)).shape == (64, 64, 3)  # flux-tiny's default size
+
+
+def test_graphs_carry_no_paths_of_the_exporting_machine(engine_lite):
+    for graph in ("clip", "t5", "full", "forecast", "vae_decoder"):
+        model = onnx.load(str(engine_lite / f"{graph}.onnx"))
+        keys = {p.key for n in model.graph.node for p in n.metadata_props}
+        assert "pkg.torch.onnx.stack_trace" not in keys, graph
+        text = " ".join(p.value for n in model.graph.node for p in n.metadata_props)
+        assert ".py" not in text and "site-packages" not in text, graph
