@@ -102,8 +102,10 @@ def evaluate(
     device: str = "cpu",
     image_dir: str | Path | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    keep_images: bool = False,
 ) -> dict:
-    """Runs every (engine directory, schedule) row and returns the report (JSON-ready)."""
+    """Runs every (engine directory, schedule) row and returns the report (JSON-ready; with
+    `keep_images`, also `_reference_images`: the --no-cache images, for callers that compare more)."""
     from ..runtime.pipeline import Pipeline
 
     if not engine_dirs:
@@ -147,7 +149,9 @@ def evaluate(
                 progress(f"{granularity} {spec.label} on {d}")
                 result = generate(pipe, spec, f"{Path(d).name}-{granularity}-{spec.label.replace('/', '_')}")
             rows.append(_row(d, granularity, spec, cases, reference[0], *result))
+    extra = {"_reference_images": reference[0]} if keep_images else {}
     return {
+        **extra,
         "prompts": len(prompts), "seeds": list(seeds), "images_per_row": len(cases),
         "steps": steps or pipes[0].manifest["defaults"]["steps"], "backend": backend, "device": device,
         "reference": {"engine_dir": str(engine_dirs[0]), "schedule": "none"},
