@@ -158,6 +158,8 @@ def read(image) -> Spec | None:
     # Extent from anti-aliased coverage: each column (row) counts by the most any of its pixels is
     # covered, so the width and height are sub-pixel (2r: small 12-16 px, large 22-26 px).
     coverage = np.clip(distance / np.linalg.norm(np.asarray(COLOURS[colour]) - BACKGROUND), 0, 1) * blob
+    if (coverage >= 0.5).sum() < 4:  # a faint smudge, no shape drawn
+        return None
     width, height = float(coverage.max(axis=0).sum()), float(coverage.max(axis=1).sum())
     size = "small" if max(width, height) < 19 else "large"
     return Spec(size, colour, _shape(coverage), place)

@@ -77,6 +77,13 @@ def test_judge_names_the_wrong_attribute():
     assert v.seen is None and not any(v.attributes.values())
 
 
+def test_judge_sees_no_shape_in_a_faint_smudge():
+    img = np.full((64, 64, 3), shapes.BACKGROUND, np.float64)
+    img[20:30, 20:30] = 0.7 * img[20:30, 20:30] + 0.3 * np.asarray(shapes.COLOURS["red"])  # foreground, never half covered
+    v = shapes.judge(img.round().astype(np.uint8), "a red square in the centre")
+    assert v.seen is None and not v.correct
+
+
 def test_judge_ignores_a_stray_speck():
     img = shapes.render(shapes.parse("a small green triangle at the bottom right")).copy()
     img[2:4, 2:4] = shapes.COLOURS["green"]
