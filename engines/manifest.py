@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from ..errors import EngineDirError
 
 SCHEMA = "seer.engine-dir"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: v1 plus the `quantization` (FP8) and `tensorrt` (plans) entries
+READABLE_VERSIONS = (1, 2)  # a v1 directory is a v2 directory without those entries
 MANIFEST = "manifest.json"
 
 
@@ -95,11 +96,12 @@ def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str
     if manifest.get("schema") != SCHEMA:
         raise EngineDirError(f"{path} is not a seer manifest (schema {manifest.get('schema')!r})")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         fix = "upgrade seer" if newer else "re-export it with this version of seer-export"
         raise EngineDirError(
-            f"{directory} uses engine-directory schema v{version}, this seer reads v{SCHEMA_VERSION}: {fix}"
+            f"{directory} uses engine-directory schema v{version}, this seer reads "
+            f"v{' and v'.join(map(str, READABLE_VERSIONS))}: {fix}"
         )
     for rel, meta in manifest.get("files", {}).items():
         f = directory / rel

@@ -53,6 +53,14 @@ def test_other_schema_version(engine_copy, version, fix):
     _one_line_error(*run([engine_copy, "-p", "x"]), f"schema v{version}", fix)
 
 
+def test_version_1_directories_still_run(engine_copy):
+    m = json.loads((engine_copy / "manifest.json").read_text())
+    assert m["schema_version"] == 2
+    m["schema_version"] = 1  # what seer wrote before FP8 and TensorRT plans: the same keys minus those
+    (engine_copy / "manifest.json").write_text(json.dumps(m))
+    assert run([engine_copy, "-p", "a red circle", "--steps", "2", "--out", str(engine_copy / "x.png")])[0] == 0
+
+
 def test_not_an_engine_dir(tmp_path):
     _one_line_error(*run([tmp_path, "-p", "x"]), "no manifest.json", "seer-export")
 
