@@ -133,9 +133,9 @@ def evaluate(
                 g.image.save(out_dir / tag / f"{k:03d}-seed{seed}.png")
         return images, full, totals, loops, verdicts
 
-    # Warm up every pipeline's graphs once so that no row pays for first-run allocation.
+    # Warm up every graph (the forecast one too) so that no row pays for first-run allocation.
     for pipe in pipes:
-        pipe(cases[0][0], seed=cases[0][1], steps=steps, **schedules[0].kwargs())
+        pipe.warmup(cases[0][0])
 
     progress("reference: --no-cache on " + str(engine_dirs[0]))
     reference = generate(pipes[0], ScheduleSpec(no_cache=True), "reference")

@@ -54,6 +54,12 @@ class Pipeline:
         manifest = read_manifest(directory, verify=verify)
         return cls(directory, manifest, create_backend(backend, directory, manifest, device, cuda_graphs))
 
+    def warmup(self, prompt: str = "warm-up", height: int | None = None, width: int | None = None) -> None:
+        """Run every graph once at this resolution, so that no request pays for first-run work
+        (allocator growth, kernel selection, lazy initialisation): a short cached generation that has
+        full steps, a Taylor update and forecast steps. Serving code calls it once after `load`."""
+        self(prompt, steps=4, height=height, width=width, interval=2, warmup=2, order=min(1, self.cache["max_order"]))
+
     def schedule(self, steps: int, no_cache: bool = False, interval: int | None = None, warmup: int | None = None,
                  final_full: int = 0, style: str = "taylorseer") -> Schedule:
         d = self.manifest["defaults"]["schedule"]
