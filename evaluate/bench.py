@@ -1,56 +1,42 @@
 """seer-bench: speed and quality of TaylorSeer schedules against the unaccelerated model, the
 schedule's ideal speed-up, and what users would run instead, measured side by side in one run.
 
-Our rows come from the quality harness (the same images give the quality and the times). On top:
+Three phases, all on the same weights, prompts and seeds:
 
-- per-step cost: the median wall time of a full step and of a forecast step, taken from the
-  pipeline's step callback in a cached run (the backend is synchronous on the CPU; on a GPU it is
-  synchronized at each step for this measurement only);
-- the ideal speed-up of a schedule, `steps / full`, and corrected for the measured forecast cost,
-  `steps / (full + (steps - full) * forecast / full_cost)`; the speed-up reached as a fraction of it;
-- peers on the same weights, prompts and seeds: diffusers' FluxPipeline without a cache, with its
-  TaylorSeer hook at the same schedule (attention and MLP modules hooked, as ours caches), and with
-  its FirstBlockCache at a few thresholds.
+1. quality: the harness generates every prompt and seed once per row (ours: `--no-cache` and each
+   schedule for every engine directory; peers: diffusers' FluxPipeline without a cache, with its
+   TaylorSeer hook at the first schedule, attention and MLP modules hooked as ours caches, and with
+   its FirstBlockCache at a few thresholds) and scores it against seer's `--no-cache` images;
+2. time: every pipeline is loaded and warmed up, then `repeats` rounds each run every row once on
+   the first prompt, in the same order, so that slow drifts of the machine reach every row alike;
+   a row's time is its median over the rounds. Our rows also time each step (the backend is
+   synchronous on the CPU; on a GPU one more round synchronizes at each step for this only): the
+   median full step and forecast step give the ideal speed-up of a schedule, `steps / full`, and
+   the same corrected for what forecast steps cost, `steps / (full + (steps - full) * forecast /
+   full_step)`; the loop speed-up reached is reported as a fraction of the corrected ideal;
+3. memory: each row runs once more in a fresh process (load, one image), which reports its peak
+   resident memory and, on a GPU, the device memory it held.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import UsageError
 from . import harness
 
-FBC_THRESHOLDS = (0.05, 0.1, 0.2)
-
-
-def step_costs(engine_dir: str | Path, spec: harness.ScheduleSpec, prompt: str, steps: int, backend: str,
-               device: str, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of one full step and one forecast step of `spec` (its forecast steps exist)."""
-    from ..runtime.pipeline import Pipeline
-
-    pipe = Pipeline.load(engine_dir, backend=backend, device=device)
-    costs: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(repeats + 1):  # the first run warms the graphs up
-        marks: list[tuple[bool, float]] = []
-        started = [time.perf_counter()]
-
-        def on_step(i, full, latents):
-            pipe.backend.synchronize()
-            now = time.perf_counter()
-            marks.append((full, now - started[0]))
-            started[0] = now
-
-        pipe(prompt, seed=0, steps=steps, on_step=on_step, **spec.kwargs())
-        if _ > 0:
-            for full, dt in marks:
-                costs[full].append(dt)
-    return {"full_s": statistics.median(costs[True]), "forecast_s": statistics.median(costs[False])}
+FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
+Progress = Callable[[str], None]
 
 
 def ideal(steps: int, full: float, forecast_ratio: float) -> tuple[float, float]:
@@ -58,119 +44,236 @@ def ideal(steps: int, full: float, forecast_ratio: float) -> tuple[float, float]
     return steps / full, steps / (full + (steps - full) * forecast_ratio)
 
 
-def peers(model_dir: Path, prompts: list[str], seeds: list[int], steps: int, spec: harness.ScheduleSpec,
-          reference: dict, progress: Callable[[str], None]) -> list[dict]:
+class Peers:
     """diffusers' FluxPipeline on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache."""
-    import torch
-    from diffusers import FirstBlockCacheConfig, FluxPipeline, TaylorSeerCacheConfig
 
-    pipe = FluxPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    size = pipe.vae.config.sample_size
-    text_len = int(pipe.tokenizer_2.model_max_length)
-    configs = [("diffusers", "none", None),
-               ("diffusers-taylorseer", spec.label, TaylorSeerCacheConfig(
-                   cache_interval=spec.interval, disable_cache_before_step=spec.warmup, max_order=spec.order,
-                   taylor_factors_dtype=torch.float32,
-                   cache_identifiers=[r"^transformer_blocks\.\d+\.(attn|ff)$", r"^single_transformer_blocks\.\d+\.(attn|proj_mlp)$"]))]
-    configs += [("diffusers-fbcache", f"threshold {t}", FirstBlockCacheConfig(threshold=t)) for t in FBC_THRESHOLDS]
-    def generate(prompt, seed):
-        with torch.no_grad():
-            return pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=3.5,
-                        max_sequence_length=text_len, generator=torch.Generator().manual_seed(seed),
-                        output_type="np").images[0]
+    def __init__(self, model_dir: Path, steps: int, spec: harness.ScheduleSpec, device: str = "cpu"):
+        import torch
+        from diffusers import FluxPipeline
 
-    generate(prompts[0], seeds[0])  # warm-up, not timed
-    rows = []
-    for method, label, config in configs:
-        progress(f"{method} {label}")
+        self.torch, self.steps, self.device = torch, steps, device
+        self.pipe = FluxPipeline.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        self.size = self.pipe.vae.config.sample_size
+        self.text_len = int(self.pipe.tokenizer_2.model_max_length)
+        self.rows = [("diffusers", "none", None), ("diffusers-taylorseer", spec.label, spec)]
+        self.rows += [("diffusers-fbcache", f"threshold {t}", t) for t in FBC_THRESHOLDS]
+
+    def full_steps(self, row: int) -> int | None:
+        """Transformer runs per image where the peer's schedule fixes them (None for FirstBlockCache,
+        which decides at run time)."""
+        from ..runtime.schedule import Schedule
+
+        setting = self.rows[row][2]
+        if setting is None:
+            return self.steps
+        if isinstance(setting, harness.ScheduleSpec):
+            return len(Schedule.diffusers(self.steps, setting.interval, setting.warmup).full_steps)
+        return None
+
+    def _config(self, setting):
+        from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+        if setting is None:
+            return None
+        if isinstance(setting, float):
+            return FirstBlockCacheConfig(threshold=setting)
+        return TaylorSeerCacheConfig(
+            cache_interval=setting.interval, disable_cache_before_step=setting.warmup, max_order=setting.order,
+            taylor_factors_dtype=self.torch.float32,
+            cache_identifiers=[r"^transformer_blocks\.\d+\.(attn|ff)$",
+                               r"^single_transformer_blocks\.\d+\.(attn|proj_mlp)$"])
+
+    def generate(self, row: int, prompt: str, seed: int) -> tuple[np.ndarray, float]:
+        """(the uint8 image, seconds) of peer `row` for one prompt and seed."""
+        config = self._config(self.rows[row][2])
         if config is not None:
-            pipe.transformer.enable_cache(config)
-        images, seconds = [], []
-        for prompt, seed in ((p, s) for p in prompts for s in seeds):
+            self.pipe.transformer.enable_cache(config)
+        try:
+            self._sync()
             t0 = time.perf_counter()
-            out = generate(prompt, seed)
-            seconds.append(time.perf_counter() - t0)
-            images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-        if config is not None:
-            pipe.transformer.disable_cache()
-        rows.append(_quality_row(method, label, prompts, seeds, images, reference, seconds))
-    return rows
+            with self.torch.no_grad():
+                out = self.pipe(prompt, height=self.size, width=self.size, num_inference_steps=self.steps,
+                                guidance_scale=3.5, max_sequence_length=self.text_len, output_type="np",
+                                generator=self.torch.Generator().manual_seed(seed)).images[0]
+            self._sync()
+            seconds = time.perf_counter() - t0
+        finally:
+            if config is not None:
+                self.pipe.transformer.disable_cache()
+        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8), seconds
+
+    def _sync(self):
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize()
 
 
-def _quality_row(method, label, prompts, seeds, images, reference, seconds) -> dict:
-    cases = [(p, s) for p in prompts for s in seeds]
-    psnr, ssim = zip(*(harness._metrics(r, im) for r, im in zip(reference["images"], images)))
-    verdicts = [harness._judge(im, p) for im, (p, _) in zip(images, cases)]
-    judged = [v for v in verdicts if v is not None]
-    return {"method": method, "schedule": label, "full_steps": None,
-            "prompt_following": sum(v.correct for v in judged) / len(judged) if judged else None,
-            "psnr_db": statistics.mean(psnr), "ssim": statistics.mean(ssim),
-            "generation_s": statistics.median(seconds)}
+def timed_seer(pipe, spec: harness.ScheduleSpec, prompt: str, seed: int, steps: int, per_step: bool) -> dict:
+    """One generation's times; with `per_step`, each step's too (synchronized at every step)."""
+    marks: list[tuple[bool, float]] = []
+    last = [0.0]
+
+    def on_step(i, full, latents):
+        pipe.backend.synchronize()
+        now = time.perf_counter()
+        marks.append((full, now - last[0]))
+        last[0] = now
+
+    last[0] = time.perf_counter()
+    g = pipe(prompt, seed=seed, steps=steps, on_step=on_step if per_step else None, **spec.kwargs())
+    if per_step:  # the first mark also holds the text encoders: time steps from the first step's end
+        marks = marks[1:]
+    return {"generation_s": g.timings["total"], "loop_s": g.timings["denoise"],
+            "full_step_s": [dt for full, dt in marks if full], "forecast_step_s": [dt for full, dt in marks if not full]}
+
+
+def measure_times(runners: dict[Any, Callable[[bool], dict]], repeats: int, per_step_in_rounds: bool,
+                  progress: Progress) -> dict[Any, dict]:
+    """`repeats` interleaved rounds over every row; medians per row."""
+    samples: dict[Any, list[dict]] = {k: [] for k in runners}
+    for r in range(repeats):
+        progress(f"timing round {r + 1}/{repeats}")
+        for key, run in runners.items():
+            samples[key].append(run(per_step_in_rounds))
+    if not per_step_in_rounds:  # one more round for the step costs only
+        progress("timing the steps")
+        for key, run in runners.items():
+            steps = run(True)
+            samples[key][0].update(full_step_s=steps.get("full_step_s", []), forecast_step_s=steps.get("forecast_step_s", []))
+    out = {}
+    for key, runs in samples.items():
+        row = {"generation_s": statistics.median(s["generation_s"] for s in runs), "repeats": len(runs)}
+        if runs[0].get("loop_s") is not None:
+            row["loop_s"] = statistics.median(s["loop_s"] for s in runs)
+        for part in ("full_step_s", "forecast_step_s"):
+            values = [v for s in runs for v in s.get(part, [])]
+            if values:
+                row[part] = statistics.median(values)
+        out[key] = row
+    return out
+
+
+def peak_memory(job: dict) -> dict:
+    """Peak memory of a fresh process that loads one row's pipeline and makes one image."""
+    proc = subprocess.run([sys.executable, "-m", "seer.evaluate.probe", json.dumps(job)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"memory_error": tail[:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: list[str], seeds: list[int],
         steps: int | None, backend: str = "onnxruntime", device: str = "cpu", with_peers: bool = True,
-        progress: Callable[[str], None] = lambda m: None) -> dict:
+        repeats: int = 3, memory: bool = True, judge: bool = True, size: str | None = None,
+        progress: Progress = lambda m: None) -> dict:
     from ..engines.manifest import read_manifest
     from ..export.source import resolve
+    from ..runtime.pipeline import Pipeline
 
+    if repeats < 1:
+        raise UsageError(f"--repeats must be 1 or more (got {repeats})")
     schedules = [harness.ScheduleSpec(no_cache=True), *[s for s in schedules if not s.no_cache]]
+    cached = [s for s in schedules if not s.no_cache]
+    peer_spec = cached[0] if cached else harness.ScheduleSpec.parse("6/1/3")
+    if with_peers:  # ours at exactly the full steps diffusers' hook runs, for the like-for-like comparison
+        twin = dataclasses.replace(peer_spec, style="diffusers")
+        if twin not in schedules:
+            schedules.append(twin)
+
+    # 1. quality
     report = harness.evaluate(engine_dirs, schedules, prompts, seeds, steps=steps, backend=backend, device=device,
-                              progress=progress, keep_images=True)
+                              progress=progress, keep_images=True, judge=judge)
     steps = report["steps"]
-    rows = []
-    for d in engine_dirs:
-        ours = [r for r in report["rows"] if r["engine_dir"] == str(d)]
-        base = next(r for r in ours if r["schedule"] == "none")
-        for r in ours:
-            row = {"method": f"seer-{r['cache']}", "engine_dir": str(d), "schedule": r["schedule"],
-                   "full_steps": r["full_steps"], "prompt_following": r["prompt_following"],
-                   "psnr_db": r["psnr_db"]["mean"], "ssim": r["ssim"]["mean"],
-                   "generation_s": r["seconds"]["generation_median"], "loop_s": r["seconds"]["denoise_median"]}
-            row["loop_speedup"] = base["seconds"]["denoise_median"] / row["loop_s"]
-            if r["schedule"] != "none":
-                spec = harness.ScheduleSpec.parse(r["schedule"])
-                progress(f"step costs of {r['cache']} {r['schedule']}")
-                costs = step_costs(d, spec, prompts[0], steps, backend, device)
-                plain, corrected = ideal(steps, r["full_steps"], costs["forecast_s"] / costs["full_s"])
-                row.update(costs, ideal_speedup=plain, ideal_speedup_corrected=corrected,
-                           fraction_of_ideal=row["loop_speedup"] / corrected)
-            rows.append(row)
-    peer_rows = []
+    reference = report.pop("_reference_images")
+    cases = [(p, s) for p in prompts for s in seeds]
+    peers = peer_rows = None
     if with_peers:
-        model = read_manifest(engine_dirs[0], verify=False)["model"]["source"]
-        reference = {"images": report.pop("_reference_images")}
-        spec = next((s for s in schedules if not s.no_cache), harness.ScheduleSpec.parse("6/1/3"))
-        peer_rows = peers(resolve(model), prompts, seeds, steps, spec, reference, progress)
-        base = peer_rows[0]["generation_s"]
-        for r in peer_rows:
-            r["generation_speedup"] = base / r["generation_s"]
-    report.pop("_reference_images", None)
-    for r in rows:
-        none = next(x for x in rows if x["engine_dir"] == r["engine_dir"] and x["schedule"] == "none")
-        r["generation_speedup"] = none["generation_s"] / r["generation_s"]
-    return {"steps": steps, "prompts": len(prompts), "seeds": seeds, "backend": backend, "device": device,
+        model = resolve(read_manifest(engine_dirs[0], verify=False)["model"]["source"])
+        progress("loading diffusers' FluxPipeline on the same weights")
+        peers = Peers(model, steps, peer_spec, device)
+        peers.generate(0, *cases[0])  # warm-up, not kept
+        peer_rows = []
+        for k, (method, label, _) in enumerate(peers.rows):
+            progress(f"{method} {label}")
+            images = [peers.generate(k, p, s)[0] for p, s in cases]
+            q = harness.quality(cases, reference, images, judge)
+            peer_rows.append({"method": method, "schedule": label, "full_steps": peers.full_steps(k),
+                              "prompt_following": q["prompt_following"], "psnr_db": q["psnr_db"]["mean"],
+                              "ssim": q["ssim"]["mean"]})
+
+    # 2. time, interleaved
+    prompt, seed = cases[0]
+    per_step = not device.startswith("cuda")
+    pipes = {d: Pipeline.load(d, backend=backend, device=device) for d in engine_dirs}
+    for pipe in pipes.values():
+        pipe.warmup(prompt)
+    runners: dict[Any, Callable[[bool], dict]] = {}
+    for d, pipe in pipes.items():
+        for spec in schedules:
+            runners[("seer", d, spec.label)] = (
+                lambda ps, pipe=pipe, spec=spec: timed_seer(pipe, spec, prompt, seed, steps, ps))
+    if peers is not None:
+        for k in range(len(peers.rows)):
+            runners[("peer", k)] = lambda ps, k=k: {"generation_s": peers.generate(k, prompt, seed)[1]}
+    times = measure_times(runners, repeats, per_step, progress)
+    del pipes, peers
+
+    rows = []
+    for r in report["rows"]:
+        t = times[("seer", r["engine_dir"], r["schedule"])]
+        base = times[("seer", r["engine_dir"], "none")]
+        row = {"method": f"seer-{r['cache']}", "engine_dir": r["engine_dir"], "schedule": r["schedule"],
+               "full_steps": r["full_steps"], "prompt_following": r["prompt_following"],
+               "psnr_db": r["psnr_db"]["mean"], "ssim": r["ssim"]["mean"], **t,
+               "generation_speedup": base["generation_s"] / t["generation_s"], "loop_speedup": base["loop_s"] / t["loop_s"]}
+        if r["schedule"] != "none" and "forecast_step_s" in t:
+            ratio = t["forecast_step_s"] / t["full_step_s"]
+            plain, corrected = ideal(steps, r["full_steps"], ratio)
+            row.update(forecast_ratio=ratio, ideal_speedup=plain, ideal_speedup_corrected=corrected,
+                       fraction_of_ideal=row["loop_speedup"] / corrected)
+        rows.append(row)
+    for k, row in enumerate(peer_rows or []):
+        row.update(times[("peer", k)], generation_speedup=times[("peer", 0)]["generation_s"] / times[("peer", k)]["generation_s"])
+
+    # 3. memory, each row in a fresh process
+    if memory:
+        common = {"prompt": prompt, "seed": seed, "steps": steps, "backend": backend, "device": device}
+        for row in rows:
+            progress(f"peak memory of {row['method']} {row['schedule']}")
+            row.update(peak_memory({**common, "kind": "seer", "engine_dir": row["engine_dir"], "schedule": row["schedule"]}))
+        for k, row in enumerate(peer_rows or []):
+            progress(f"peak memory of {row['method']} {row['schedule']}")
+            row.update(peak_memory({**common, "kind": "diffusers", "model": str(model), "row": k,
+                                    "schedule": peer_spec.label}))
+    return {"size": size, "steps": steps, "prompts": len(prompts), "seeds": seeds, "backend": backend,
+            "device": device, "repeats": repeats, "timed_prompt": prompt,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows,
-            "peers": peer_rows}
+            "peers": peer_rows or []}
 
 
 def markdown(bench: dict) -> str:
-    lines = ["| method | schedule | full steps | follow % | PSNR dB | SSIM | gen ms | gen x | loop x | ideal x "
-             "(corrected) | of ideal |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | schedule | full steps | follow % | PSNR dB | SSIM | gen ms | gen x | loop x | forecast/full "
+             "| ideal x (corrected) | of ideal | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def fmt(v, f):
-        return "" if v is None else format(v, f)
+    def fmt(v, f, scale=1.0, suffix=""):
+        return "" if v is None else format(scale * v, f) + suffix
 
     for r in bench["rows"] + bench["peers"]:
-        follow = None if r["prompt_following"] is None else 100 * r["prompt_following"]
         ideal_text = f"{r['ideal_speedup']:.2f} ({r['ideal_speedup_corrected']:.2f})" if "ideal_speedup" in r else ""
-        lines.append(f"| {r['method']} | {r['schedule']} | {fmt(r['full_steps'], '.0f')} | {fmt(follow, '.1f')} | "
-                     f"{fmt(min(r['psnr_db'], 99.99), '.2f')} | {r['ssim']:.4f} | {1000 * r['generation_s']:.1f} | "
-                     f"{r['generation_speedup']:.2f} | {fmt(r.get('loop_speedup'), '.2f')} | {ideal_text} | "
-                     f"{fmt(r.get('fraction_of_ideal') and 100 * r['fraction_of_ideal'], '.0f')}{'%' if 'fraction_of_ideal' in r else ''} |")
-    lines.append(f"\n{bench['prompts']} prompts x seeds {bench['seeds']}, {bench['steps']} steps, {bench['backend']} on "
-                 f"{bench['device']}; PSNR/SSIM against seer's --no-cache image; gen x: whole-pipeline speed-up "
-                 f"against the same method without a cache; peak RSS {bench['peak_rss_mib']:.0f} MiB.")
+        peak = r.get("peak_gpu_mib", r.get("peak_rss_mib"))
+        lines.append(
+            f"| {r['method']} | {r['schedule']} | {fmt(r['full_steps'], '.0f')} | "
+            f"{fmt(r['prompt_following'], '.1f', 100)} | {min(r['psnr_db'], 99.99):.2f} | {r['ssim']:.4f} | "
+            f"{1000 * r['generation_s']:.1f} | {r['generation_speedup']:.2f} | {fmt(r.get('loop_speedup'), '.2f')} | "
+            f"{fmt(r.get('forecast_ratio'), '.1f', 100, '%')} | {ideal_text} | "
+            f"{fmt(r.get('fraction_of_ideal'), '.0f', 100, '%')} | {fmt(peak, '.0f')} |")
+    size = f"size {bench['size']}, " if bench.get("size") else ""
+    memory = "GPU memory held" if bench["device"].startswith("cuda") else "peak RSS"
+    lines.append(f"\n{size}{bench['prompts']} prompts x seeds {bench['seeds']} for quality, {bench['steps']} steps, "
+                 f"{bench['backend']} on {bench['device']}; times: median of {bench['repeats']} interleaved rounds on "
+                 f"one prompt; PSNR/SSIM against seer's --no-cache image; gen x: whole-pipeline speed-up against "
+                 f"the same method without a cache; forecast/full: a forecast step's cost in full steps; "
+                 f"peak MiB: {memory} of a fresh process making one image.")
     return "\n".join(lines)
 
 
@@ -192,7 +295,8 @@ def plot(bench: dict, path: Path) -> None:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("speed-up of the whole pipeline (x)")
     ax.set_ylabel("PSNR against --no-cache (dB)")
-    ax.set_title(f"quality vs speed-up, {bench['steps']} steps, {bench['backend']} {bench['device']}")
+    size = f"{bench['size']}, " if bench.get("size") else ""
+    ax.set_title(f"quality vs speed-up, {size}{bench['steps']} steps, {bench['backend']} {bench['device']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

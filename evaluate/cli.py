@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..cli_common import user_errors
+from ..errors import UsageError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -53,35 +54,62 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("engine_dirs", nargs=-1, required=True, type=click.Path())
+@click.argument("engine_dirs", nargs=-1, type=click.Path())
+@click.option("--size", type=click.Choice(["tiny", "mid", "flux-slim", "flux"]), default=None,
+              help="Build (once, under --work) and measure a model of this size instead of ENGINE_DIRS: tiny is "
+                   "the embedded flux-tiny, mid a 70.6M-parameter random-weight FLUX config for CPUs, flux-slim "
+                   "and flux FLUX.1-dev-sized configs for GPUs [default: tiny when no ENGINE_DIRS].")
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Where --size keeps its model and engine directories [default: OUT/engines].")
 @click.option("--schedule", "-s", "schedules", multiple=True, default=("6/1/3", "4/2/3", "3/1/3"), show_default=True,
               help="INTERVAL/ORDER/WARMUP[/FINAL_FULL]; repeat for more (--no-cache is always measured).")
-@click.option("--prompts", "count", type=int, default=8, show_default=True, help="Prompts of the balanced set.")
+@click.option("--prompts", "count", type=int, default=8, show_default=True,
+              help="Prompts of the balanced set, for the quality numbers.")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True)
 @click.option("--steps", type=int, default=None, help="Denoising steps [default: the directory's].")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="Timing rounds (every row once per round, interleaved); times are the median.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--peers/--no-peers", default=True, show_default=True,
               help="Also run diffusers on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
-              help="Where bench.json, bench.md and bench.png go.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Measure each row's peak memory in a fresh process.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where bench.json, bench.md and bench.png go [default: out/bench, or out/bench-SIZE].")
 @user_errors
-def bench_main(engine_dirs, schedules, count, seeds, steps, backend, device, peers, out_dir):
+def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, peers, memory,
+               out_dir):
     """Speed and quality of schedules against --no-cache, the schedule's ideal, and diffusers.
 
-    Pass a --cache modules and a --cache lite directory of the same model to compare both.
+    Pass a --cache modules and a --cache lite directory of the same model to compare both, or
+    --size to have them built.
 
     \b
-    Example:
+    Examples:
+      seer-bench --size mid --prompts 2 --repeats 3
       seer-bench out/flux-tiny out/flux-tiny-lite -s 6/1/3 -s 4/2/3 --out out/bench
     """
-    from . import bench
+    from . import bench, sizes
     from .harness import ScheduleSpec, load_prompts
 
+    if engine_dirs and size:
+        raise UsageError("give either ENGINE_DIRS or --size, not both")
+    if work and not size and engine_dirs:
+        raise UsageError("--work is where --size builds its engine directories; it needs --size")
     specs = [ScheduleSpec.parse(s) for s in schedules]
-    report = bench.run(list(engine_dirs), specs, load_prompts(count), list(seeds), steps, backend, device, peers,
-                       progress=lambda m: click.echo(m, err=True))
-    bench.write(report, Path(out_dir))
+    prompts = load_prompts(count)
+    chosen = None
+    if not engine_dirs:
+        chosen = sizes.get(size or "tiny", device)
+    out = Path(out_dir or ("out/bench" if engine_dirs else f"out/bench-{chosen.name}"))
+    if chosen is not None:
+        engine_dirs = sizes.prepare(chosen, Path(work) if work else out / "engines", backend,
+                                    log=lambda m: click.echo(m, err=True))
+    report = bench.run([str(d) for d in engine_dirs], specs, prompts, list(seeds), steps, backend, device, peers,
+                       repeats=repeats, memory=memory, judge=chosen is None or chosen.transformer is None,
+                       size=chosen.name if chosen else None, progress=lambda m: click.echo(m, err=True))
+    bench.write(report, out)
     click.echo(bench.markdown(report))
-    click.echo(f"wrote {out_dir}/bench.json, bench.md, bench.png", err=True)
+    click.echo(f"wrote {out}/bench.json, bench.md, bench.png", err=True)

@@ -28,40 +28,45 @@ PSNR_CAP = 100.0  # dB for identical images, so that means and JSON stay finite
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """`none` (every step full) or interval/order/warm-up[/final full steps]."""
+    """`none` (every step full) or [diffusers:]interval/order/warm-up[/final full steps]; the
+    `diffusers:` prefix places the full steps as diffusers' TaylorSeerCacheConfig does."""
 
     no_cache: bool = False
     interval: int | None = None
     order: int | None = None
     warmup: int | None = None
     final_full: int = 0
+    style: str = "taylorseer"
 
     @classmethod
     def parse(cls, text: str) -> "ScheduleSpec":
         text = text.strip().lower()
         if text in ("none", "no-cache", "full"):
             return cls(no_cache=True)
-        parts = text.split("/")
+        style, _, body = text.rpartition(":")
+        parts = body.split("/")
         try:
             values = [int(p) for p in parts]
         except ValueError:
             values = []
-        if not 3 <= len(values) <= 4:
-            raise UsageError(f"cannot read schedule {text!r}: write 'none' or INTERVAL/ORDER/WARMUP[/FINAL_FULL], "
-                             "e.g. 6/1/3")
-        return cls(False, *values)
+        if not 3 <= len(values) <= 4 or style not in ("", "taylorseer", "diffusers"):
+            raise UsageError(f"cannot read schedule {text!r}: write 'none' or [diffusers:]INTERVAL/ORDER/WARMUP"
+                             "[/FINAL_FULL], e.g. 6/1/3")
+        return cls(False, *values, style=style or "taylorseer")
 
     @property
     def label(self) -> str:
         if self.no_cache:
             return "none"
         tail = f"/{self.final_full}" if self.final_full else ""
-        return f"{self.interval}/{self.order}/{self.warmup}{tail}"
+        head = "diffusers:" if self.style == "diffusers" else ""
+        return f"{head}{self.interval}/{self.order}/{self.warmup}{tail}"
 
     def kwargs(self) -> dict:
         if self.no_cache:
             return {"no_cache": True}
-        return {"interval": self.interval, "order": self.order, "warmup": self.warmup, "final_full": self.final_full}
+        return {"interval": self.interval, "order": self.order, "warmup": self.warmup, "final_full": self.final_full,
+                "schedule_style": self.style}
 
 
 def load_prompts(count: int | None = None, prompt_file: str | Path | None = None) -> list[str]:
@@ -103,9 +108,11 @@ def evaluate(
     image_dir: str | Path | None = None,
     progress: Callable[[str], None] = lambda message: None,
     keep_images: bool = False,
+    judge: bool = True,
 ) -> dict:
     """Runs every (engine directory, schedule) row and returns the report (JSON-ready; with
-    `keep_images`, also `_reference_images`: the --no-cache images, for callers that compare more)."""
+    `keep_images`, also `_reference_images`: the --no-cache images, for callers that compare more).
+    `judge=False` skips prompt following (for random-weight models, whose images follow nothing)."""
     from ..runtime.pipeline import Pipeline
 
     if not engine_dirs:
@@ -119,7 +126,7 @@ def evaluate(
     out_dir = Path(image_dir) if image_dir else None
 
     def generate(pipe: Pipeline, spec: ScheduleSpec, tag: str):
-        images, full, totals, loops, verdicts = [], [], [], [], []
+        images, full, totals, loops = [], [], [], []
         for k, (prompt, seed) in enumerate(cases):
             g = pipe(prompt, seed=seed, steps=steps, **spec.kwargs())
             image = np.asarray(g.image)
@@ -127,11 +134,10 @@ def evaluate(
             full.append(len(g.schedule.full_steps))
             totals.append(g.timings["total"])
             loops.append(g.timings["denoise"])
-            verdicts.append(_judge(image, prompt))
             if out_dir is not None:
                 (out_dir / tag).mkdir(parents=True, exist_ok=True)
                 g.image.save(out_dir / tag / f"{k:03d}-seed{seed}.png")
-        return images, full, totals, loops, verdicts
+        return images, full, totals, loops
 
     # Warm up every graph (the forecast one too) so that no row pays for first-run allocation.
     for pipe in pipes:
@@ -148,7 +154,7 @@ def evaluate(
             else:
                 progress(f"{granularity} {spec.label} on {d}")
                 result = generate(pipe, spec, f"{Path(d).name}-{granularity}-{spec.label.replace('/', '_')}")
-            rows.append(_row(d, granularity, spec, cases, reference[0], *result))
+            rows.append(_row(d, granularity, spec, cases, reference[0], *result, judge))
     extra = {"_reference_images": reference[0]} if keep_images else {}
     return {
         **extra,
@@ -159,22 +165,32 @@ def evaluate(
     }
 
 
-def _row(engine_dir, granularity, spec, cases, ref_images, images, full, totals, loops, verdicts) -> dict:
+def quality(cases: list[tuple[str, int]], ref_images: list[np.ndarray], images: list[np.ndarray],
+            judge: bool = True) -> dict:
+    """Prompt following (when `judge`) and PSNR/SSIM against the reference, over a row's images."""
     psnr, ssim = zip(*(_metrics(r, im) for r, im in zip(ref_images, images)))
+    verdicts = [_judge(im, p) if judge else None for im, (p, _) in zip(images, cases)]
     judged = [v for v in verdicts if v is not None]
     accuracy = attributes = None
     if judged:
         accuracy = sum(v.correct for v in judged) / len(judged)
         attributes = {k: sum(v.attributes[k] for v in judged) / len(judged) for k in ("size", "colour", "shape", "place")}
     return {
-        "engine_dir": str(engine_dir), "cache": granularity, "schedule": spec.label,
-        "full_steps": statistics.mean(full),
         "prompt_following": accuracy, "attributes": attributes, "judged": len(judged),
         "psnr_db": {"mean": statistics.mean(psnr), "min": min(psnr)},
         "ssim": {"mean": statistics.mean(ssim), "min": min(ssim)},
-        "seconds": {"generation_median": statistics.median(totals), "denoise_median": statistics.median(loops)},
         "images": [{"prompt": p, "seed": s, "psnr_db": a, "ssim": b, "judge": v.as_dict() if v else None}
                    for (p, s), a, b, v in zip(cases, psnr, ssim, verdicts)],
+    }
+
+
+def _row(engine_dir, granularity, spec, cases, ref_images, images, full, totals, loops, judge) -> dict:
+    q = quality(cases, ref_images, images, judge)
+    return {
+        "engine_dir": str(engine_dir), "cache": granularity, "schedule": spec.label,
+        "full_steps": statistics.mean(full), **{k: v for k, v in q.items() if k != "images"},
+        "seconds": {"generation_median": statistics.median(totals), "denoise_median": statistics.median(loops)},
+        "images": q["images"],
     }
 
 
