@@ -53,6 +53,7 @@ class Peers:
 
         self.torch, self.steps, self.device = torch, steps, device
         self.pipe = FluxPipeline.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
         self.size = self.pipe.vae.config.sample_size
         self.text_len = int(self.pipe.tokenizer_2.model_max_length)
         self.rows = [("diffusers", "none", None), ("diffusers-taylorseer", spec.label, spec)]

@@ -16,7 +16,8 @@ feed the transformer tensors of the right shapes. Quality numbers on random weig
 to --no-cache only; prompt following is judged on `tiny` alone.
 
 A size is built once into a work directory (the model, then a --cache modules and a --cache lite
-engine directory) and reused while its recorded configuration matches.
+engine directory, with torch programs for --backend torch and TensorRT plans for --backend
+tensorrt) and reused while its recorded configuration matches.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def prepare(size: Size, work: Path, backend: str, log: Callable[[str], None] = p
     when the recorded configuration differs, else reused."""
     from ..export.flux_export import export_flux
 
-    record = {"size": asdict(size), "torch_programs": backend == "torch"}
+    record = {"size": asdict(size), "backend": backend}
     marker = work / "size.json"
     dirs = [work / g for g in size.granularities]
     if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(record)) \
@@ -116,5 +117,10 @@ def prepare(size: Size, work: Path, backend: str, log: Callable[[str], None] = p
         log(f"exporting {size.name} --cache {granularity}")
         export_flux(model, d, cache=granularity, torch_program=backend == "torch",
                     max_sequence_length=size.max_sequence_length, log=log)
+        if backend == "tensorrt":
+            from ..engines.tensorrt_build import build_plans
+
+            log(f"building the TensorRT plans of {d.name}")
+            build_plans(d, log=log)
     marker.write_text(json.dumps(record, indent=1) + "\n")  # last: a marker means every directory is whole
     return dirs

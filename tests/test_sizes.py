@@ -60,3 +60,9 @@ def test_prepare_builds_once_then_reuses(tmp_path, monkeypatch):
     assert len(exported) == 1  # rebuilt (the stub writes no engine directory)
     assert json.loads((tmp_path / "w" / "model" / "vae" / "config.json").read_text())["sample_size"] == 256
     assert json.loads((tmp_path / "w" / "size.json").read_text())["size"]["resolution"] == 256
+
+    built = []
+    monkeypatch.setattr("seer.engines.tensorrt_build.build_plans", lambda d, log: built.append(d))
+    dirs = sizes.prepare(changed, tmp_path / "w", "tensorrt", log=logs.append)
+    assert len(exported) == 2 and built == dirs  # another backend: rebuilt, with plans
+    assert json.loads((tmp_path / "w" / "size.json").read_text())["backend"] == "tensorrt"
