@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..errors import UsageError
 from . import harness
+from .probe import peak_rss_mib
 
 FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 Progress = Callable[[str], None]
@@ -248,7 +248,7 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
                                     "schedule": peer_spec.label}))
     return {"size": size, "steps": steps, "prompts": len(prompts), "seeds": seeds, "backend": backend,
             "device": device, "repeats": repeats, "timed_prompt": prompt,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows,
+            "peak_rss_mib": peak_rss_mib(), "rows": rows,
             "peers": peer_rows or []}
 
 
