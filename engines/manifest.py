@@ -20,8 +20,8 @@ from typing import Any, Iterator
 from ..errors import EngineDirError
 
 SCHEMA = "seer.engine-dir"
-SCHEMA_VERSION = 2  # 2: v1 plus the `quantization` (FP8) and `tensorrt` (plans) entries
-READABLE_VERSIONS = (1, 2)  # a v1 directory is a v2 directory without those entries
+SCHEMA_VERSION = 3  # 2: v1 plus `quantization` (FP8) and `tensorrt` (plans); 3: per-graph precision
+READABLE_VERSIONS = (1, 2, 3)  # v1 and v2 directories are float32 throughout (no `precision` per graph)
 MANIFEST = "manifest.json"
 
 

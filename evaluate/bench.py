@@ -47,12 +47,14 @@ def ideal(steps: int, full: float, forecast_ratio: float) -> tuple[float, float]
 class Peers:
     """diffusers' FluxPipeline on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache."""
 
-    def __init__(self, model_dir: Path, steps: int, spec: harness.ScheduleSpec, device: str = "cpu"):
+    def __init__(self, model_dir: Path, steps: int, spec: harness.ScheduleSpec, device: str = "cpu",
+                 dtype: str = "float32"):
+        """`dtype`: the engine directory's precision, so that both sides compute in the same one."""
         import torch
         from diffusers import FluxPipeline
 
-        self.torch, self.steps, self.device = torch, steps, device
-        self.pipe = FluxPipeline.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        self.torch, self.steps, self.device, self.dtype = torch, steps, device, getattr(torch, dtype)
+        self.pipe = FluxPipeline.from_pretrained(model_dir, dtype=self.dtype).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.size = self.pipe.vae.config.sample_size
         self.text_len = int(self.pipe.tokenizer_2.model_max_length)
@@ -80,7 +82,7 @@ class Peers:
             return FirstBlockCacheConfig(threshold=setting)
         return TaylorSeerCacheConfig(
             cache_interval=setting.interval, disable_cache_before_step=setting.warmup, max_order=setting.order,
-            taylor_factors_dtype=self.torch.float32,
+            taylor_factors_dtype=self.dtype,
             cache_identifiers=[r"^transformer_blocks\.\d+\.(attn|ff)$",
                                r"^single_transformer_blocks\.\d+\.(attn|proj_mlp)$"])
 
@@ -189,9 +191,10 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
     cases = [(p, s) for p in prompts for s in seeds]
     peers = peer_rows = None
     if with_peers:
-        model = resolve(read_manifest(engine_dirs[0], verify=False)["model"]["source"])
-        progress("loading diffusers' FluxPipeline on the same weights")
-        peers = Peers(model, steps, peer_spec, device)
+        manifest = read_manifest(engine_dirs[0], verify=False)
+        model, dtype = resolve(manifest["model"]["source"]), manifest.get("precision", "float32")
+        progress(f"loading diffusers' FluxPipeline on the same weights, in {dtype}")
+        peers = Peers(model, steps, peer_spec, device, dtype)
         peers.generate(0, *cases[0])  # warm-up, not kept
         peer_rows = []
         for k, (method, label, _) in enumerate(peers.rows):
@@ -244,7 +247,7 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
             row.update(peak_memory({**common, "kind": "seer", "engine_dir": row["engine_dir"], "schedule": row["schedule"]}))
         for k, row in enumerate(peer_rows or []):
             progress(f"peak memory of {row['method']} {row['schedule']}")
-            row.update(peak_memory({**common, "kind": "diffusers", "model": str(model), "row": k,
+            row.update(peak_memory({**common, "kind": "diffusers", "model": str(model), "dtype": dtype, "row": k,
                                     "schedule": peer_spec.label}))
     return {"size": size, "steps": steps, "prompts": len(prompts), "seeds": seeds, "backend": backend,
             "device": device, "repeats": repeats, "timed_prompt": prompt,

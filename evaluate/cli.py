@@ -72,6 +72,9 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="With --size: the graphs' precision [default: fp32 for tiny and mid, bf16 for flux-slim and "
+                   "flux]; diffusers' peers run in the directories' precision.")
 @click.option("--peers/--no-peers", default=True, show_default=True,
               help="Also run diffusers on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
@@ -79,8 +82,8 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where bench.json, bench.md and bench.png go [default: out/bench, or out/bench-SIZE].")
 @user_errors
-def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, peers, memory,
-               out_dir):
+def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, precision, peers,
+               memory, out_dir):
     """Speed and quality of schedules against --no-cache, the schedule's ideal, and diffusers.
 
     Pass a --cache modules and a --cache lite directory of the same model to compare both, or
@@ -102,7 +105,9 @@ def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats,
     prompts = load_prompts(count)
     chosen = None
     if not engine_dirs:
-        chosen = sizes.get(size or "tiny", device)
+        chosen = sizes.get(size or "tiny", device, precision)
+    elif precision:
+        raise UsageError("--precision picks the precision --size exports in; an engine directory has its own")
     out = Path(out_dir or ("out/bench" if engine_dirs else f"out/bench-{chosen.name}"))
     if chosen is not None:
         engine_dirs = sizes.prepare(chosen, Path(work) if work else out / "engines", backend,

@@ -36,7 +36,8 @@ def main(argv: list[str]) -> None:
     else:
         from .bench import Peers
 
-        Peers(job["model"], job["steps"], spec, job["device"]).generate(job["row"], job["prompt"], job["seed"])
+        Peers(job["model"], job["steps"], spec, job["device"], job.get("dtype", "float32")).generate(
+            job["row"], job["prompt"], job["seed"])
     out = {"peak_rss_mib": peak_rss_mib()}
     if job["device"].startswith("cuda"):
         import torch

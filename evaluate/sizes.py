@@ -22,6 +22,7 @@ tensorrt) and reused while its recorded configuration matches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ class Size:
     max_sequence_length: int | None = None  # T5 tokens; None: flux-tiny's
     gpu_only: bool = False
     granularities: tuple[str, ...] = field(default=("modules", "lite"))
+    precision: str = "float32"  # the graphs' (FLUX-sized configs: bfloat16, as FLUX.1-dev ships)
 
 
 # FLUX.1-dev's transformer (black-forest-labs/FLUX.1-dev, transformer/config.json), except the text
@@ -58,17 +60,23 @@ SIZES: dict[str, Size] = {s.name: s for s in (
     Size("flux-slim", "random-weight FLUX.1-dev-width transformer, 2 double + 4 single blocks (1.3B parameters), "
                       "1024x1024 (4096 image tokens), 512 text tokens",
          transformer={**_FLUX_DEV, "num_layers": 2, "num_single_layers": 4, **_TEXT}, resolution=1024,
-         max_sequence_length=512, gpu_only=True),
+         max_sequence_length=512, gpu_only=True, precision="bfloat16"),
     Size("flux", "random-weight FLUX.1-dev transformer (19 double + 38 single blocks, 11.9B parameters), "
                  "1024x1024 (4096 image tokens), 512 text tokens",
-         transformer={**_FLUX_DEV, **_TEXT}, resolution=1024, max_sequence_length=512, gpu_only=True),
+         transformer={**_FLUX_DEV, **_TEXT}, resolution=1024, max_sequence_length=512, gpu_only=True,
+         precision="bfloat16"),
 )}
 
 
-def get(name: str, device: str) -> Size:
+def get(name: str, device: str, precision: str | None = None) -> Size:
+    """The size `name`; `precision` (fp32/fp16/bf16) overrides its default precision."""
+    from ..runtime.precision import dtype_name
+
     if name not in SIZES:
         raise UsageError(f"unknown size {name!r}; choose one of {', '.join(SIZES)}")
     size = SIZES[name]
+    if precision is not None:
+        size = dataclasses.replace(size, precision=dtype_name(precision))
     if size.gpu_only and not device.startswith("cuda"):
         raise UsageError(f"--size {name} is FLUX-sized and needs a GPU: add --device cuda (with --backend torch "
                          "or tensorrt), or use --size mid on a CPU")
@@ -85,7 +93,12 @@ def build_model(size: Size, out: Path, seed: int = 0) -> Path:
     pipe = FluxPipeline.from_pretrained(embedded_dir(), dtype=torch.float32)
     if size.transformer is not None:
         torch.manual_seed(seed)
-        pipe.register_modules(transformer=FluxTransformer2DModel(**size.transformer))
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(getattr(torch, size.precision))  # initialised and saved in its precision
+        try:
+            pipe.register_modules(transformer=FluxTransformer2DModel(**size.transformer))
+        finally:
+            torch.set_default_dtype(default)
     if size.resolution is not None:
         pipe.vae.register_to_config(sample_size=size.resolution)
     if size.max_sequence_length is not None:
@@ -116,7 +129,7 @@ def prepare(size: Size, work: Path, backend: str, log: Callable[[str], None] = p
     for granularity, d in zip(size.granularities, dirs):
         log(f"exporting {size.name} --cache {granularity}")
         export_flux(model, d, cache=granularity, torch_program=backend == "torch",
-                    max_sequence_length=size.max_sequence_length, log=log)
+                    max_sequence_length=size.max_sequence_length, log=log, precision=size.precision)
         if backend == "tensorrt":
             from ..engines.tensorrt_build import build_plans
 

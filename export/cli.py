@@ -19,8 +19,16 @@ from ..cli_common import user_errors
 @click.option("--max-sequence-length", type=int, default=None,
               help="T5 tokens per prompt [default: 512 for FLUX.1-dev, 256 without guidance embedding, "
                    "less where the tokenizer says so (16 for flux-tiny)].")
-@click.option("--torch-programs/--no-torch-programs", default=True, show_default=True,
-              help="Also store the torch.export programs (for seer-run --backend torch; doubles the size).")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Precision of the graphs [default: the checkpoint's own: bf16 for FLUX.1-dev, fp32 for "
+                   "flux-tiny]. T5 stays fp32 in fp16 directories (it overflows in fp16) and the VAE decoder "
+                   "fp32 in all; fp16 and fp32 run on ONNX Runtime's CPU provider, bf16 on --backend torch or "
+                   "tensorrt.")
+@click.option("--factor-dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="dtype of the Taylor factors (the forecast graph's inputs) [default: the graphs' precision].")
+@click.option("--torch-programs/--no-torch-programs", default=None,
+              help="Also store the torch.export programs (for seer-run --backend torch; they repeat every "
+                   "weight) [default: only when the transformer is under 2 GiB].")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
               help="tensorrt: also build TensorRT plans for this GPU (static, default size; seer-build for more).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -36,8 +44,8 @@ from ..cli_common import user_errors
 @click.option("--calibration-steps", type=int, default=None,
               help="With --fp8: denoising steps per calibration run [default: the directory's, 50].")
 @user_errors
-def main(model, out, cache, max_order, max_sequence_length, torch_programs, backend, overwrite, fp8, calibration,
-         calibration_prompts, calibration_size, calibration_steps):
+def main(model, out, cache, max_order, max_sequence_length, precision, factor_dtype, torch_programs, backend,
+         overwrite, fp8, calibration, calibration_prompts, calibration_size, calibration_steps):
     """Export MODEL to an engine directory of ONNX graphs and a manifest.
 
     MODEL is `flux-tiny` (the small trained model shipped inside seer), `flux` (alias of
@@ -49,6 +57,7 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, back
     Examples:
       seer-export flux-tiny --out out/flux-tiny
       seer-export flux --out out/flux --cache lite
+      seer-export flux-tiny --out out/flux-tiny-fp16 --precision fp16
       seer-export flux --out out/flux --backend tensorrt
       seer-export flux --out out/flux-fp8 --fp8 --backend tensorrt
     """
@@ -62,7 +71,8 @@ def main(model, out, cache, max_order, max_sequence_length, torch_programs, back
         current_device()
     fp8_options = FP8Options(calibration, calibration_prompts, calibration_size, calibration_steps) if fp8 else None
     export_flux(model, out, cache=cache, max_order=max_order, torch_program=torch_programs,
-                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log, fp8=fp8_options)
+                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log, fp8=fp8_options,
+                precision=precision, factor_dtype=factor_dtype, progress=True)
     if backend == "tensorrt":
         from ..engines.tensorrt_build import build_plans
 

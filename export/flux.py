@@ -139,6 +139,8 @@ class FluxForecast(nn.Module):
         shape = FluxShape.of(transformer)
         self.granularity = granularity
         self.guidance = shape.guidance
+        # the factors may be kept in another dtype than the model's: the Taylor sum is cast to it
+        self.dtype = next(transformer.parameters()).dtype
         if granularity == "lite":
             return
         t = transformer
@@ -157,17 +159,17 @@ class FluxForecast(nn.Module):
             w, bias = b.norm.linear.weight, b.norm.linear.bias
             rows_w.append(w[2 * d : 3 * d])
             rows_b.append(bias[2 * d : 3 * d])
-        self.gates = nn.Linear(d, len(rows_w) * d)
-        with torch.no_grad():
-            self.gates.weight.copy_(torch.cat(rows_w))
-            self.gates.bias.copy_(torch.cat(rows_b))
-        self.streams = len(rows_w)
+        self.gates = nn.Linear(d, len(rows_w) * d, dtype=self.dtype, device="meta")
+        self.gates.weight = nn.Parameter(torch.cat(rows_w).detach(), requires_grad=False)
+        self.gates.bias = nn.Parameter(torch.cat(rows_b).detach(), requires_grad=False)
+        del rows_w, rows_b
+        self.streams = len(self.gates.weight) // d
         self.dim = d
 
     def forward(self, *args):
         if self.granularity == "lite":
             coefficients, *factors = args
-            return forecast([f[0] for f in factors], coefficients)
+            return forecast([f[0] for f in factors], coefficients).to(self.dtype)
         if self.guidance:
             hidden_states, pooled, timestep, guidance, coefficients, *factors = args
         else:
@@ -176,7 +178,7 @@ class FluxForecast(nn.Module):
         gates = self.gates(nn.functional.silu(temb)).unflatten(1, (self.streams, self.dim))
         img = self.x_embedder(hidden_states)
         for s in range(self.streams):
-            img = img + gates[:, s].unsqueeze(1) * forecast([f[s] for f in factors], coefficients)
+            img = img + gates[:, s].unsqueeze(1) * forecast([f[s] for f in factors], coefficients).to(img.dtype)
         return self.proj_out(self.norm_out(img, temb))
 
 
@@ -192,14 +194,17 @@ class ClipPooled(nn.Module):
 
 
 class T5Hidden(nn.Module):
-    """input_ids -> T5 last hidden state (FLUX's encoder_hidden_states)."""
+    """input_ids -> T5 last hidden state (FLUX's encoder_hidden_states), in the transformer's dtype
+    (T5 itself may run wider: it overflows in float16)."""
 
-    def __init__(self, text_encoder: nn.Module):
+    def __init__(self, text_encoder: nn.Module, out_dtype: torch.dtype | None = None):
         super().__init__()
         self.m = text_encoder
+        self.out_dtype = out_dtype
 
     def forward(self, input_ids):
-        return self.m(input_ids, output_hidden_states=False)[0]
+        hidden = self.m(input_ids, output_hidden_states=False)[0]
+        return hidden if self.out_dtype is None else hidden.to(self.out_dtype)
 
 
 class VaeDecode(nn.Module):

@@ -3,27 +3,56 @@
 Graphs: `clip` (pooled text embedding), `t5` (text hidden states), `full` and `forecast` (the two
 transformer paths), `vae_decoder`. Tokenizers are stored as tokenizers' JSON so the runtime needs
 neither transformers nor diffusers.
+
+Precision: the graphs carry the checkpoint's own dtype unless `precision` says otherwise (FLUX.1-dev:
+bfloat16), per graph where a component needs another one (`graph_precisions`). Memory: one
+component is loaded at a time, in that dtype, exported with its weights streamed to disk and
+released before the next, so the largest component (the transformer) bounds the export's memory.
+Graphs too large to hold twice are checked against torch on a structurally identical slice (their
+first repeated block of each kind, same weights, same export code) instead of whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.export import Dim
 
 from .. import __version__
 from ..engines.manifest import write_manifest, writing_engine_dir
 from ..errors import UsageError
+from ..runtime.precision import BYTES, dtype_name
 from ..runtime.rope import flux_rope
+from .checkpoint import Checkpoint, check_resources, release
 from .flux import GRANULARITIES, ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
-from .graphs import GraphIO, export_graph
+from .graphs import GraphIO, export_graph, weight_bytes
 from .source import EMBEDDED, resolve
 
 MAX_ORDER_LIMIT = 4
+# Graphs with more weights than this are checked against torch on a slice, not whole (the whole
+# check would hold the weights two or three times over).
+FULL_CHECK_LIMIT = 1 << 30
+# Torch programs repeat every weight; above this transformer size they are stored only when asked.
+TORCH_PROGRAMS_LIMIT = 2 << 30
+# Peak memory of an export over its largest component's weights, measured (scripts/export_footprint.py).
+MEMORY_FACTOR = 1.35
+
+
+def graph_precisions(precision: str) -> dict[str, str]:
+    """Each component's dtype in a directory of `precision`. T5 overflows in float16, so a float16
+    directory runs it in float32 (bfloat16 would not run in ONNX Runtime, which runs float16
+    directories); the VAE decoder stays float32: it runs once per image, ONNX's Conv takes no
+    bfloat16 before opset 22, and a float16 VAE risks overflow on trained weights."""
+    return {"text_encoder": precision, "text_encoder_2": "float32" if precision == "float16" else precision,
+            "transformer": precision, "vae": "float32"}
 
 
 def export_flux(
@@ -31,74 +60,122 @@ def export_flux(
     out: str | Path,
     cache: str = "modules",
     max_order: int = 2,
-    torch_program: bool = True,
+    torch_program: bool | None = None,
     max_sequence_length: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     fp8: "FP8Options | None" = None,
+    precision: str | None = None,
+    factor_dtype: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """`fp8`: quantize the full path to FP8 (calibrated at the default schedule's full steps)."""
+    """`precision`: fp32/fp16/bf16 (default: the checkpoint's); `factor_dtype`: the Taylor factors'
+    dtype (default: the transformer's); `torch_program`: also store torch programs (default: when the
+    transformer is under 2 GiB); `fp8`: quantize the full path to FP8 (calibrated at the default
+    schedule's full steps); `progress`: a progress bar over the export's phases."""
     if cache not in GRANULARITIES:
         raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
     if not 0 <= max_order <= MAX_ORDER_LIMIT:
         raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order})")
-    if fp8 is not None and torch_program:
-        log("--fp8: the torch programs would stay float32, so none are stored (use --backend onnxruntime/tensorrt)")
-        torch_program = False
     prompts = fp8.prompts(model) if fp8 is not None and fp8.calibration is None else None  # bad input fails early
     source = resolve(model)
-    log(f"loading {model} from {source}")
+    ckpt = Checkpoint.open(source)
+    precision = dtype_name(precision) if precision else ckpt.stored_dtype("transformer")
+    dtypes = graph_precisions(precision)
+    factor_dtype = dtype_name(factor_dtype) if factor_dtype else precision
+    transformer_bytes = ckpt.nbytes("transformer", precision)
+    if fp8 is not None and torch_program:
+        log("--fp8: the torch programs would not be quantized, so none are stored (use --backend onnxruntime/tensorrt)")
+    if fp8 is not None:
+        torch_program = False
+    elif torch_program is None:
+        torch_program = transformer_bytes <= TORCH_PROGRAMS_LIMIT
+    components = ("text_encoder", "text_encoder_2", "transformer", "vae")
+    graph_bytes = sum(ckpt.nbytes(c, dtypes[c]) for c in components)
+    check_resources(Path(out).absolute(), disk_bytes=int(graph_bytes * (2 if torch_program else 1) * 1.05),
+                    memory_bytes=int(max(ckpt.nbytes(c, dtypes[c]) for c in components) * MEMORY_FACTOR))
+    log(f"exporting {model} from {source} in {precision} (factors {factor_dtype}"
+        f"{', torch programs' if torch_program else ''})")
+
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(source, dtype=torch.float32)
-    for m in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-        m.eval().requires_grad_(False)
-    shape = FluxShape.of(pipe.transformer)
+    # tokenizers and scheduler only: each network is loaded on its own, when its turn comes
+    light = FluxPipeline.from_pretrained(source, transformer=None, text_encoder=None, text_encoder_2=None, vae=None)
+    t_cfg, vae_cfg = ckpt.config("transformer"), ckpt.config("vae")
+    guidance_embeds = bool(t_cfg.get("guidance_embeds"))
     if max_sequence_length is None:
         # FLUX.1-dev was trained with 512 T5 tokens, schnell with 256; smaller models say so in their tokenizer.
-        limit = 512 if shape.guidance else 256
-        max_sequence_length = min(limit, int(pipe.tokenizer_2.model_max_length or limit))
-    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    size = pipe.vae.config.sample_size
+        limit = 512 if guidance_embeds else 256
+        max_sequence_length = min(limit, int(light.tokenizer_2.model_max_length or limit))
+    vae_scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    size = vae_cfg.get("sample_size")
     default_size = int(size if isinstance(size, int) else size[0]) if size else 1024
+    defaults = {
+        "height": default_size, "width": default_size, "steps": 50, "guidance_scale": 3.5,
+        "schedule": {"style": "taylorseer", "interval": 6, "order": 1, "warmup": 3, "final_full": 0},
+    }
+    phases = _Phases(6 + (fp8 is not None), progress, log)
 
     with writing_engine_dir(out, overwrite=overwrite) as tmp:
         started = time.perf_counter()
-        text = _export_tokenizers(pipe, tmp, max_sequence_length)
+        calibration = None
+        if fp8 is not None:
+            phases.start("calibrating FP8")
+            calibration = _calibration(source, precision, fp8, prompts, defaults, max_sequence_length, log)
+        phases.start("tokenizers")
+        text = _export_tokenizers(light, tmp, max_sequence_length)
         graphs = {}
         b = Dim("B", min=1, max=256)
         ids = lambda n: torch.zeros(2, n, dtype=torch.int64)  # noqa: E731
-        log("exporting clip")
-        graphs["clip"] = export_graph(
-            ClipPooled(pipe.text_encoder), [GraphIO("input_ids", ids(text["clip"]["max_length"]), {0: b})],
-            ["pooled_projections"], [{0: "B"}], tmp, "clip", torch_program)
-        log("exporting t5")
-        graphs["t5"] = export_graph(
-            T5Hidden(pipe.text_encoder_2), [GraphIO("input_ids", ids(max_sequence_length), {0: b})],
-            ["encoder_hidden_states"], [{0: "B"}], tmp, "t5", torch_program)
-        graphs.update(_export_transformer(pipe.transformer, shape, cache, max_order, max_sequence_length,
-                                          tmp, torch_program, log))
-        log("exporting vae_decoder")
+
+        phases.start("clip")
+        clip = ckpt.load("text_encoder", dtypes["text_encoder"])
+        graphs["clip"] = _checked(clip, tmp, lambda d, check, programs: export_graph(
+            ClipPooled(clip), [GraphIO("input_ids", ids(text["clip"]["max_length"]), {0: b})],
+            ["pooled_projections"], [{0: "B"}], d, "clip", programs, check=check), torch_program)
+        del clip
+        release()
+
+        phases.start("t5")
+        t5 = ckpt.load("text_encoder_2", dtypes["text_encoder_2"])
+        out_dtype = getattr(torch, precision) if dtypes["text_encoder_2"] != precision else None
+        graphs["t5"] = _checked(t5, tmp, lambda d, check, programs: export_graph(
+            T5Hidden(t5, out_dtype), [GraphIO("input_ids", ids(max_sequence_length), {0: b})],
+            ["encoder_hidden_states"], [{0: "B"}], d, "t5", programs, check=check), torch_program)
+        del t5
+        release()
+
+        phases.start("transformer")
+        transformer = ckpt.load("transformer", precision)
+        shape = FluxShape.of(transformer)
+        graphs.update(_checked(transformer, tmp, lambda d, check, programs: _export_transformer(
+            transformer, cache, max_order, max_sequence_length, d, programs, log, getattr(torch, factor_dtype), check),
+            torch_program))
+        del transformer
+        release()
+
+        phases.start("vae_decoder")
+        vae = ckpt.load("vae", dtypes["vae"])
         h, w = Dim("H_latent", min=2, max=1024), Dim("W_latent", min=2, max=1024)
-        c = pipe.vae.config.latent_channels
+        c = vae.config.latent_channels
         graphs["vae_decoder"] = export_graph(
             # the VAE's convolutions bound the batch lower than the transformer's
-            VaeDecode(pipe.vae), [GraphIO("latents", torch.randn(2, c, 4, 6), {0: Dim("B", min=1, max=32),
-                                                                                 2: 2 * h, 3: 2 * w})],
+            VaeDecode(vae), [GraphIO("latents", torch.randn(2, c, 4, 6, dtype=vae.dtype),
+                                     {0: Dim("B", min=1, max=32), 2: 2 * h, 3: 2 * w})],
             ["image"], [{0: "B", 2: "H", 3: "W"}], tmp, "vae_decoder", torch_program, tolerance=1e-3)
+        del vae
+        release()
 
-        defaults = {
-            "height": default_size, "width": default_size, "steps": 50, "guidance_scale": 3.5,
-            "schedule": {"style": "taylorseer", "interval": 6, "order": 1, "warmup": 3, "final_full": 0},
-        }
         quantization = None
-        if fp8 is not None:
-            quantization = _quantize_full(pipe, tmp, graphs, fp8, prompts, defaults, max_sequence_length, log)
-        sched = pipe.scheduler.config
+        if calibration is not None:
+            phases.start("quantizing full to FP8")
+            quantization = _quantize_full(tmp, graphs, calibration, precision, log)
+        phases.start("manifest")
+        sched = light.scheduler.config
         manifest = {
             "created_by": f"seer {__version__}",
             "model": {"family": "flux", "source": model, "config": dict(shape.__dict__)},
-            "precision": "float32",
+            "precision": precision,
             "formats": ["onnx"] + (["torch"] if torch_program else []),
             "sampler": {
                 "type": "flow_match_euler",
@@ -114,6 +191,7 @@ def export_flux(
                 "streams": shape.stream_names(cache),
                 "feature_dim": shape.feature_dim(cache),
                 "feature_output": "sample" if cache == "lite" else "features",
+                "factor_dtype": factor_dtype,
             },
             "defaults": defaults,
             "graphs": graphs,
@@ -121,8 +199,73 @@ def export_flux(
         }
         manifest = write_manifest(tmp, manifest)
         _log_tensorrt_readiness(tmp, graphs, log)
+        phases.close()
         log(f"exported in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+class _Phases:
+    """The export's phases as a progress bar on a terminal (log lines otherwise)."""
+
+    def __init__(self, total: int, progress: bool, log):
+        from tqdm import tqdm
+
+        self.log = log
+        self.bar = tqdm(total=total, desc="seer-export", unit="phase", file=sys.stderr, leave=False,
+                        disable=not (progress and sys.stderr.isatty()))
+        self.started = False
+
+    def start(self, name: str) -> None:
+        if self.started:
+            self.bar.update()
+        self.started = True
+        self.bar.set_postfix_str(name)
+        if self.bar.disable:
+            self.log(f"exporting {name}" if name in ("clip", "t5", "transformer", "vae_decoder") else name)
+
+    def close(self) -> None:
+        self.bar.update()
+        self.bar.close()
+
+
+def _checked(module: nn.Module, tmp: Path, export: Callable[[Path, bool, bool], Any],
+             torch_program: bool) -> Any:
+    """`export(directory, check, torch_program)` the component; when it is too large to check
+    whole, first export and check a slice of it (one of each repeated block) in a scratch folder."""
+    if weight_bytes(module) <= FULL_CHECK_LIMIT:
+        return export(tmp, True, torch_program)
+    with _sliced(module), tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        export(Path(scratch), True, False)
+    return export(tmp, False, torch_program)
+
+
+@contextlib.contextmanager
+def _sliced(module: nn.Module):
+    """`module` with each run of repeated blocks (a ModuleList of two or more blocks of one class and
+    the same parameter shapes: transformer blocks, encoder layers) cut to its first block, restored
+    afterwards."""
+    saved = []
+
+    def visit(owner: nn.Module) -> None:
+        for name, child in owner.named_children():
+            if isinstance(child, nn.ModuleList) and _repeated(child):
+                saved.append((owner, name, child))
+            else:
+                visit(child)
+
+    visit(module)
+    try:
+        for owner, name, blocks in saved:
+            setattr(owner, name, nn.ModuleList(list(blocks)[:1]))
+        yield
+    finally:
+        for owner, name, blocks in saved:
+            setattr(owner, name, blocks)
+
+
+def _repeated(blocks: nn.ModuleList) -> bool:
+    signature = lambda m: (type(m), [tuple(p.shape) for p in m.parameters()])  # noqa: E731
+    return len(blocks) > 1 and all(signature(b) == signature(blocks[0]) for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -149,30 +292,43 @@ class FP8Options:
         return read_prompts(Path(__file__).parent.parent / "calib" / "prompts.txt")[: self.size]
 
 
-def _quantize_full(pipe, tmp: Path, graphs: dict, fp8: FP8Options, prompts, defaults: dict, text_len: int,
-                   log) -> dict[str, Any]:
-    """Calibrates (or loads a calibration), rewrites full.onnx with FP8 Q/DQ, saves the calibration."""
+def _calibration(source: Path, precision: str, fp8: FP8Options, prompts, defaults: dict, text_len: int,
+                 log) -> dict[str, Any]:
+    """A saved calibration, or one made now by running the real pipeline in the export's precision."""
     from ..calib import fp8 as q
     from ..runtime.schedule import Schedule
 
     if fp8.calibration is not None:
         calibration = q.load_calibration(fp8.calibration)
         log(f"using the FP8 calibration {fp8.calibration} ({calibration['prompts']} prompts)")
-    else:
-        steps = fp8.steps or defaults["steps"]
-        d = defaults["schedule"]
-        full = Schedule.taylorseer(steps, d["interval"], min(d["warmup"], steps), d["final_full"]).full
-        log(f"calibrating FP8 ranges on {len(prompts)} prompts at the {sum(full)} full steps of {steps} "
-            f"(interval {d['interval']}, warm-up {d['warmup']})")
-        calibration = q.calibrate(pipe, prompts, steps, list(full), defaults["height"], defaults["width"], text_len,
-                                  defaults["guidance_scale"], log=log)
+        return calibration
+    from diffusers import FluxPipeline
+
+    steps = fp8.steps or defaults["steps"]
+    d = defaults["schedule"]
+    full = Schedule.taylorseer(steps, d["interval"], min(d["warmup"], steps), d["final_full"]).full
+    log(f"calibrating FP8 ranges on {len(prompts)} prompts at the {sum(full)} full steps of {steps} "
+        f"(interval {d['interval']}, warm-up {d['warmup']})")
+    pipe = FluxPipeline.from_pretrained(source, dtype=getattr(torch, precision))
+    try:
+        return q.calibrate(pipe, prompts, steps, list(full), defaults["height"], defaults["width"], text_len,
+                           defaults["guidance_scale"], log=log)
+    finally:
+        del pipe
+        release()
+
+
+def _quantize_full(tmp: Path, graphs: dict, calibration: dict, precision: str, log) -> dict[str, Any]:
+    """Rewrites full.onnx with FP8 Q/DQ (dequantizing to the graph's precision), saves the calibration."""
+    from ..calib import fp8 as q
+
     rel = "calibration/fp8.json"
     q.save_calibration(calibration, tmp / rel)
     counts = q.quantize_graph(tmp / graphs["full"]["onnx"], calibration["amax"])
-    log(f"full: {counts['quantized']} linear layers in FP8 E4M3, {counts['kept']} kept in float32")
+    log(f"full: {counts['quantized']} linear layers in FP8 E4M3, {counts['kept']} kept in {precision}")
     return {"full": {"format": "fp8-e4m3fn", "scaling": "per-tensor; activations: calibrated max; weights: max",
                      "form": "onnx QuantizeLinear/DequantizeLinear, opset 19", **counts, "calibration": rel,
-                     "min_compute_capability": "8.9"}}
+                     "dequantize_to": precision, "min_compute_capability": "8.9"}}
 
 
 def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> None:
@@ -188,17 +344,20 @@ def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> Non
         log(f"  {f}")
 
 
-def _export_transformer(transformer, shape: FluxShape, cache: str, max_order: int, text_len: int,
-                        tmp: Path, torch_program: bool, log) -> dict[str, Any]:
+def _export_transformer(transformer, cache: str, max_order: int, text_len: int, tmp: Path, torch_program: bool,
+                        log, factor_dtype: torch.dtype, check: bool = True) -> dict[str, Any]:
+    shape = FluxShape.of(transformer)
+    dtype = next(transformer.parameters()).dtype
     b, n = Dim("B", min=1, max=256), Dim("N_img", min=2, max=65536)
     rows, cols = 4, 6  # any sample grid; the exported graphs take every image-token count
     n_img = rows * cols
     cos, sin = (torch.from_numpy(a) for a in flux_rope(text_len, rows, cols, shape.axes_dims_rope, shape.rope_theta))
     g = torch.Generator().manual_seed(0)
 
-    def rnd(*s):
-        return torch.randn(*s, generator=g)
+    def rnd(*s, dt=dtype):
+        return torch.randn(*s, generator=g).to(dt)
 
+    # timestep and guidance stay float32 inputs (the graphs cast them), as do the rotary tables
     step = [GraphIO("timestep", torch.tensor([0.9, 0.3]), {0: b})]
     if shape.guidance:
         step.append(GraphIO("guidance", torch.tensor([3.5, 1.0]), {0: b}))
@@ -210,16 +369,19 @@ def _export_transformer(transformer, shape: FluxShape, cache: str, max_order: in
     outputs = ["sample"] + (["features"] if cache == "modules" else [])
     log(f"exporting full ({shape.n_double} double + {shape.n_single} single blocks, cache={cache})")
     full = export_graph(FluxFull(transformer, cache), full_inputs, outputs,
-                        [{0: "B", 1: "N_img"}, {1: "B", 2: "N_img"}], tmp, "full", torch_program)
+                        [{0: "B", 1: "N_img"}, {1: "B", 2: "N_img"}], tmp, "full", torch_program, check=check)
 
     streams, dim = len(shape.stream_names(cache)), shape.feature_dim(cache)
-    factors = [GraphIO(f"factor_{i}", rnd(streams, 2, n_img, dim) / (i + 1), {1: b, 2: n})
+    factors = [GraphIO(f"factor_{i}", rnd(streams, 2, n_img, dim, dt=factor_dtype) / (i + 1), {1: b, 2: n})
                for i in range(max_order + 1)]
     coefficients = GraphIO("coefficients", torch.tensor([1.0, 3.0, 4.5, 4.5, 3.375][: max_order + 1]))
     step_inputs = [latents, pooled, *step] if cache == "modules" else []
     log("exporting forecast")
-    fc = export_graph(FluxForecast(transformer, cache), [*step_inputs, coefficients, *factors], ["sample"],
-                      [{0: "B", 1: "N_img"}], tmp, "forecast", torch_program)
+    forecast_module = FluxForecast(transformer, cache)
+    fc = export_graph(forecast_module, [*step_inputs, coefficients, *factors], ["sample"],
+                      [{0: "B", 1: "N_img"}], tmp, "forecast", torch_program, check=check)
+    del forecast_module
+    release()  # its fused gate matrix is a copy of the gate rows
     return {"full": full, "forecast": fc}
 
 

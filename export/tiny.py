@@ -141,9 +141,10 @@ def _t5_tokenizer(directory: Path) -> None:
     fast.save_pretrained(directory)
 
 
-def build_untrained(directory: Path, seed: int = 0, guidance_embeds: bool = False):
+def build_untrained(directory: Path, seed: int = 0, guidance_embeds: bool = False, latent_channels: int = 16):
     """The pipeline with tokenizers built and every network at its seeded initialisation
-    (`guidance_embeds`: FLUX.1-dev's guidance-distilled layout, for tests of that path)."""
+    (`guidance_embeds`: FLUX.1-dev's guidance-distilled layout; `latent_channels`: the VAE's, which
+    the transformer packs 2x2; both for tests of other layouts)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast, T5Config, T5EncoderModel, T5TokenizerFast
@@ -155,12 +156,12 @@ def build_untrained(directory: Path, seed: int = 0, guidance_embeds: bool = Fals
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=16,
+        patch_size=1, in_channels=4 * latent_channels, num_layers=2, num_single_layers=4, attention_head_dim=16,
         num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32),
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(16, 32, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, norm_num_groups=8, sample_size=shapes.SIZE, scaling_factor=1.0, shift_factor=0.0,
         use_quant_conv=False, use_post_quant_conv=False)

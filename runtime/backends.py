@@ -33,12 +33,12 @@ class Backend:
         a[...] = 0
         return a
 
-    def asarray(self, a: np.ndarray) -> Any:
-        """Host -> device (a copy on a GPU, a no-op on the CPU)."""
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        """Host -> device, in `dtype` if given (a copy on a GPU, a no-op on the CPU in its own dtype)."""
         raise NotImplementedError
 
     def numpy(self, a: Any) -> np.ndarray:
-        """Device -> host; used once per request, for the final latents."""
+        """Device -> host (bfloat16 widened to float32: numpy has no bfloat16); used once per request."""
         raise NotImplementedError
 
     def write(self, dst: Any, host: np.ndarray) -> None:
@@ -95,11 +95,12 @@ class GpuBackend(Backend):
     def empty(self, shape, dtype="float32"):
         return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
 
-    def asarray(self, a):
-        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+    def asarray(self, a, dtype=None):
+        t = self.torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(device=self.device, dtype=getattr(self.torch, dtype) if dtype else None)
 
     def numpy(self, a):
-        return a.detach().cpu().numpy()
+        return _torch_to_numpy(a)
 
     def synchronize(self):
         if self._stream is not None:
@@ -134,6 +135,13 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("onnxruntime is not installed; pip install onnxruntime "
                                      "(or onnxruntime-gpu for CUDA)") from None
         self.ort = ort
+        wide = sorted({t["dtype"] for g in manifest["graphs"].values() for t in [*g["inputs"], *g["outputs"]]}
+                      & {"bfloat16"})
+        if wide:
+            raise BackendUnavailable(
+                f"{directory} holds bfloat16 graphs, which ONNX Runtime does not run (its CPU provider has no "
+                "bfloat16 kernels); use --backend torch (needs the directory's torch programs: seer-export "
+                "--torch-programs), --backend tensorrt on a GPU, or export with --precision fp16 or fp32")
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
         elif device.startswith("cuda"):
@@ -166,13 +174,14 @@ class OnnxRuntimeBackend(Backend):
             return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
         return np.empty(shape, dtype=dtype)
 
-    def asarray(self, a):
+    def asarray(self, a, dtype=None):
         if self._cuda:
-            return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-        return np.ascontiguousarray(a)
+            t = self.torch.from_numpy(np.ascontiguousarray(a))
+            return t.to(device=self.device, dtype=getattr(self.torch, dtype) if dtype else None)
+        return np.ascontiguousarray(a, dtype=dtype)
 
     def numpy(self, a):
-        return a.detach().cpu().numpy() if self._cuda else np.array(a, copy=True)
+        return _torch_to_numpy(a) if self._cuda else np.array(a, copy=True)
 
     def run(self, graph, inputs, outputs=None):
         sess = self.sessions[graph]
@@ -208,6 +217,9 @@ class TorchBackend(GpuBackend):
 
     def __init__(self, directory: Path, manifest: dict, device: str, cuda_graphs: bool = False):
         super().__init__(directory, manifest, device)
+        if manifest.get("quantization"):
+            raise BackendUnavailable(f"{directory} holds FP8 graphs, which the torch backend does not run; use "
+                                     "--backend onnxruntime, or --backend tensorrt on a GPU of compute capability 8.9+")
         if "torch" not in manifest.get("formats", []):
             raise BackendUnavailable(f"{directory} was exported without torch programs; re-export with "
                                      "--torch-programs or use --backend onnxruntime")
@@ -250,6 +262,13 @@ def _import_torch(why: str):
     except ImportError:
         raise BackendUnavailable(f"torch is not installed but is needed for {why}; pip install torch") from None
     return torch
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    t = t.detach()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    return t.cpu().numpy()
 
 
 def _device_index(device: str) -> int:

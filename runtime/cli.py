@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -54,9 +55,10 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs)
-    g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
-             interval=interval, order=order, warmup=warmup, final_full=final_full, schedule_style=schedule_style,
-             no_cache=no_cache)
+    with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
+        g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
+                 interval=interval, order=order, warmup=warmup, final_full=final_full,
+                 schedule_style=schedule_style, no_cache=no_cache, on_step=on_step)
     for name, cut in g.truncated.items():
         if cut[0]:
             click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
@@ -79,6 +81,26 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
         click.echo(f"{out}: {s.describe()}, denoise {g.timings['denoise']:.2f} s, total {g.timings['total']:.2f} s",
                    err=True)
     return 0
+
+
+@contextlib.contextmanager
+def _progress(steps: int, quiet: bool):
+    """A bar over the denoising steps on a terminal, counting full and forecast steps apart."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr, leave=False,
+               disable=quiet or not sys.stderr.isatty())
+    counts = {"full": 0, "forecast": 0}
+
+    def on_step(i, full, _latents):
+        counts["full" if full else "forecast"] += 1
+        bar.set_postfix(counts, refresh=False)
+        bar.update()
+
+    try:
+        yield None if bar.disable else on_step
+    finally:
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class Pipeline:
         self.tokenizers = {k: PromptTokenizer(directory / v["tokenizer"], v["max_length"], v["pad_id"], v["pad_token"])
                            for k, v in text.items()}
         self.cache = manifest["cache"]
+        self.dtypes = graph_dtypes(manifest)
         self._buffers: dict[tuple, dict[str, Any]] = {}
 
     @classmethod
@@ -114,18 +115,22 @@ class Pipeline:
         rows, cols = latent_grid(height, width, latent["vae_scale_factor"])
         n = rows * cols
         buf = self._request_buffers(b, n, order)
+        dt = self.dtypes
         noise = randn((b, latent["channels"], rows * 2, cols * 2), seed)
-        latents = self.backend.asarray(pack(noise))
+        latents = self.backend.asarray(pack(noise), dt["latents"])
         cos, sin = flux_rope(self.tokenizers["t5"].max_length, rows, cols, self.config["axes_dims_rope"],
                              self.config["rope_theta"])
         cos, sin = self.backend.asarray(cos), self.backend.asarray(sin)
         sigmas = self.sampler.sigmas(steps, n)
         # every step's timestep on the device once: the loop then only takes views
-        timesteps = self.backend.asarray(np.repeat(self.sampler.timesteps(sigmas)[:, None], b, axis=1))
+        timesteps = self.backend.asarray(np.repeat(self.sampler.timesteps(sigmas, dt["latents"])[:, None], b, axis=1))
         guidance = self.backend.asarray(np.full(b, guidance_scale, np.float32)) if self.config["guidance"] else None
         state: TaylorState = buf["state"]
         state.reset()
         lite = self.cache["granularity"] == "lite"
+        # Features go straight into the spare factor when the dtypes agree, else through a buffer of
+        # the graph's dtype that the Taylor update widens or narrows (lite: the prediction is the feature).
+        direct = dt["features"] == dt["factors"]
 
         t1 = time.perf_counter()
         for i in range(steps):
@@ -133,15 +138,17 @@ class Pipeline:
             if guidance is not None:
                 step["guidance"] = guidance
             if schedule.full[i]:
-                # Lite: the prediction is the cached feature, written straight into the spare factor.
-                pred = state.spare[0] if lite else buf["pred"]
+                features = state.spare if direct else buf["features"]
+                pred = features[0] if lite else buf["pred"]
                 outputs = {"sample": pred}
                 if not lite:
-                    outputs["features"] = state.spare
+                    outputs["features"] = features
                 self.backend.run("full", {**step, "encoder_hidden_states": text, "rope_cos": cos, "rope_sin": sin},
                                  outputs)
-                _euler(latents, pred, buf["scratch"], sigmas[i + 1] - sigmas[i])
+                self.sampler.step(latents, pred, sigmas[i + 1] - sigmas[i], buf["wide"], buf["narrow"])
                 if not no_cache:  # nothing will be forecast: the factors would be work thrown away
+                    if not direct:
+                        state.spare[...] = features
                     state.update(i, derive=i >= schedule.derive_from)
             else:
                 inputs = {f"factor_{j}": f for j, f in enumerate(state.factors)}
@@ -150,14 +157,14 @@ class Pipeline:
                 if not lite:
                     inputs.update(step)
                 self.backend.run("forecast", inputs, {"sample": buf["pred"]})
-                _euler(latents, buf["pred"], buf["scratch"], sigmas[i + 1] - sigmas[i])
+                self.sampler.step(latents, buf["pred"], sigmas[i + 1] - sigmas[i], buf["wide"], buf["narrow"])
             if on_step:
                 on_step(i, schedule.full[i], latents)
         self.backend.synchronize()
         timings["denoise"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        final = self.backend.numpy(latents)
+        final = self.backend.numpy(latents).astype(np.float32)
         images = self._decode(unpack(final, rows, cols))
         timings["decode"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
@@ -195,24 +202,41 @@ class Pipeline:
             self._buffers.clear()  # one shape's buffers at a time: the factors can be large
             c_out = self.config["out_channels"]
             streams, dim = len(self.cache["streams"]), self.cache["feature_dim"]
-            state = TaylorState(order, lambda: self.backend.zeros((streams, b, n, dim)),
+            dt, zeros = self.dtypes, self.backend.zeros
+            state = TaylorState(order, lambda: zeros((streams, b, n, dim), dt["factors"]),
                                 slots=self.cache["max_order"] + 1)
-            self._buffers[key] = {"pred": self.backend.zeros((b, n, c_out)),
-                                  "coefficients": self.backend.zeros((self.cache["max_order"] + 1,)),
-                                  "scratch": self.backend.zeros((b, n, c_out)), "state": state}
+            self._buffers[key] = {
+                "pred": zeros((b, n, c_out), dt["sample"]), "state": state,
+                "coefficients": zeros((self.cache["max_order"] + 1,), dt["coefficients"]),
+                # the sampler step's float32 sum, and dt * prediction in the prediction's dtype
+                "wide": zeros((b, n, c_out)),
+                "narrow": None if dt["sample"] == "float32" else zeros((b, n, c_out), dt["sample"]),
+                "features": None if dt["features"] == dt["factors"] else zeros((streams, b, n, dim), dt["features"]),
+            }
         return self._buffers[key]
 
     def _decode(self, latents: np.ndarray) -> list:
         from PIL import Image
 
-        image = self.backend.run("vae_decoder", {"latents": self.backend.asarray(latents)})["image"]
-        image = self.backend.numpy(image)
+        image = self.backend.run("vae_decoder", {"latents": self.backend.asarray(latents, self.dtypes["vae"])})["image"]
+        image = self.backend.numpy(image).astype(np.float32)
         image = np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
         return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in image]
 
 
-def _euler(latents, pred, scratch, dt) -> None:
-    """latents += dt * pred, in place, without touching pred (it may be a Taylor factor)."""
-    scratch[...] = pred
-    scratch *= float(dt)
-    latents += scratch
+def graph_dtypes(manifest: dict) -> dict[str, str]:
+    """The dtype of every buffer the loop binds, as the manifest's graph interfaces declare them."""
+    graphs = manifest["graphs"]
+
+    def io(graph: str, kind: str, name: str) -> str:
+        return next(t["dtype"] for t in graphs[graph][kind] if t["name"] == name)
+
+    lite = manifest["cache"]["granularity"] == "lite"
+    return {
+        "latents": io("full", "inputs", "hidden_states"),
+        "sample": io("full", "outputs", "sample"),
+        "features": io("full", "outputs", "sample" if lite else "features"),
+        "factors": io("forecast", "inputs", "factor_0"),
+        "coefficients": io("forecast", "inputs", "coefficients"),
+        "vae": io("vae_decoder", "inputs", "latents"),
+    }

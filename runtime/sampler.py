@@ -3,7 +3,9 @@
 Mirrors diffusers' FluxPipeline + FlowMatchEulerDiscreteScheduler: sigmas linear from 1 to 1/steps,
 shifted by the resolution-dependent exponential time shift (mu interpolated linearly in the
 image-token count), computed in float32 as diffusers does, with a terminal sigma of 0. The
-transformer sees timestep = sigma (the graphs scale by 1000 themselves).
+transformer sees timestep = sigma (the graphs scale by 1000 themselves), rounded as FluxPipeline
+rounds it in the model's precision, and the step is the scheduler's: `dt * prediction` in the
+prediction's dtype, the sum in float32, the new latents rounded back to their dtype.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .precision import round_to
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,30 @@ class FlowMatchEuler:
             s = self.shift * s / (1 + (self.shift - 1) * s)
         return np.append(s.astype(np.float32), np.float32(0.0))
 
-    def timesteps(self, sigmas: np.ndarray) -> np.ndarray:
-        """What the pipeline feeds the transformer: (sigma * 1000) / 1000 in float32."""
-        t = sigmas[:-1].astype(np.float32) * np.float32(self.num_train_timesteps)
-        return (t / np.float32(1000)).astype(np.float32)
+    def timesteps(self, sigmas: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """What the pipeline feeds the transformer, as float32 values: FluxPipeline casts
+        t = sigma * 1000 to the model's dtype and divides it by 1000 there (the graphs then cast
+        it to that dtype again, exactly, and multiply by 1000 as the transformer does)."""
+        t = round_to(sigmas[:-1].astype(np.float32) * np.float32(self.num_train_timesteps), dtype)
+        return round_to(t / np.float32(1000), dtype)
+
+    @staticmethod
+    def step(latents, prediction, dt: float, wide, narrow=None) -> None:
+        """latents += dt * prediction, in place, as FlowMatchEulerDiscreteScheduler.step computes it.
+
+        `wide`: a float32 buffer of the latents' shape; `narrow`: one in the prediction's dtype when
+        that is not float32 (diffusers forms `dt * prediction` there, with dt itself cast to that
+        dtype first, before the float32 sum). The prediction is never written (it may be a Taylor
+        factor). numpy and torch arrays alike."""
+        if narrow is not None:
+            dt = round_to(np.float32(dt), str(narrow.dtype).replace("torch.", ""))
+        wide[...] = prediction
+        wide *= float(dt)
+        if narrow is not None:
+            narrow[...] = wide
+            wide[...] = narrow
+        wide += latents
+        latents[...] = wide
 
 
 def latent_grid(height: int, width: int, vae_scale_factor: int) -> tuple[int, int]:
