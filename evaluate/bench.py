@@ -168,7 +168,8 @@ def peak_memory(job: dict) -> dict:
 def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: list[str], seeds: list[int],
         steps: int | None, backend: str = "onnxruntime", device: str = "cpu", with_peers: bool = True,
         repeats: int = 3, memory: bool = True, judge: bool = True, size: str | None = None,
-        progress: Progress = lambda m: None) -> dict:
+        progress: Progress = lambda m: None, cuda_graphs: bool = False) -> dict:
+    """`cuda_graphs`: time our rows with the transformer paths replayed as CUDA graphs."""
     from ..engines.manifest import read_manifest
     from ..export.source import resolve
     from ..runtime.pipeline import Pipeline
@@ -208,7 +209,7 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
     # 2. time, interleaved
     prompt, seed = cases[0]
     per_step = not device.startswith("cuda")
-    pipes = {d: Pipeline.load(d, backend=backend, device=device) for d in engine_dirs}
+    pipes = {d: Pipeline.load(d, backend=backend, device=device, cuda_graphs=cuda_graphs) for d in engine_dirs}
     for pipe in pipes.values():
         pipe.warmup(prompt)
     runners: dict[Any, Callable[[bool], dict]] = {}
@@ -241,7 +242,8 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
 
     # 3. memory, each row in a fresh process
     if memory:
-        common = {"prompt": prompt, "seed": seed, "steps": steps, "backend": backend, "device": device}
+        common = {"prompt": prompt, "seed": seed, "steps": steps, "backend": backend, "device": device,
+                  "cuda_graphs": cuda_graphs}
         for row in rows:
             progress(f"peak memory of {row['method']} {row['schedule']}")
             row.update(peak_memory({**common, "kind": "seer", "engine_dir": row["engine_dir"], "schedule": row["schedule"]}))

@@ -75,6 +75,8 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
               help="With --size: the graphs' precision [default: fp32 for tiny and mid, bf16 for flux-slim and "
                    "flux]; diffusers' peers run in the directories' precision.")
+@click.option("--cuda-graphs", is_flag=True, help="Time our rows with the transformer paths replayed as CUDA graphs "
+                                                   "(--backend torch or tensorrt on cuda).")
 @click.option("--peers/--no-peers", default=True, show_default=True,
               help="Also run diffusers on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
@@ -82,8 +84,8 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where bench.json, bench.md and bench.png go [default: out/bench, or out/bench-SIZE].")
 @user_errors
-def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, precision, peers,
-               memory, out_dir):
+def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, precision,
+               cuda_graphs, peers, memory, out_dir):
     """Speed and quality of schedules against --no-cache, the schedule's ideal, and diffusers.
 
     Pass a --cache modules and a --cache lite directory of the same model to compare both, or
@@ -114,7 +116,8 @@ def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats,
                                     log=lambda m: click.echo(m, err=True))
     report = bench.run([str(d) for d in engine_dirs], specs, prompts, list(seeds), steps, backend, device, peers,
                        repeats=repeats, memory=memory, judge=chosen is None or chosen.transformer is None,
-                       size=chosen.name if chosen else None, progress=lambda m: click.echo(m, err=True))
+                       size=chosen.name if chosen else None, progress=lambda m: click.echo(m, err=True),
+                       cuda_graphs=cuda_graphs)
     bench.write(report, out)
     click.echo(bench.markdown(report))
     click.echo(f"wrote {out}/bench.json, bench.md, bench.png", err=True)

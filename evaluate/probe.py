@@ -31,7 +31,8 @@ def main(argv: list[str]) -> None:
     if job["kind"] == "seer":
         from ..runtime.pipeline import Pipeline
 
-        pipe = Pipeline.load(job["engine_dir"], backend=job["backend"], device=job["device"])
+        pipe = Pipeline.load(job["engine_dir"], backend=job["backend"], device=job["device"],
+                             cuda_graphs=job.get("cuda_graphs", False))
         pipe(job["prompt"], seed=job["seed"], steps=job["steps"], **spec.kwargs())
     else:
         from .bench import Peers

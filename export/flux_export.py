@@ -33,7 +33,7 @@ from ..runtime.precision import BYTES, dtype_name
 from ..runtime.rope import flux_rope
 from .checkpoint import Checkpoint, check_resources, release
 from .flux import GRANULARITIES, ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
-from .graphs import GraphIO, export_graph, weight_bytes
+from .graphs import GraphIO, export_graph, save_torch_program, weight_bytes
 from .source import EMBEDDED, resolve
 
 MAX_ORDER_LIMIT = 4
@@ -84,11 +84,7 @@ def export_flux(
     dtypes = graph_precisions(precision)
     factor_dtype = dtype_name(factor_dtype) if factor_dtype else precision
     transformer_bytes = ckpt.nbytes("transformer", precision)
-    if fp8 is not None and torch_program:
-        log("--fp8: the torch programs would not be quantized, so none are stored (use --backend onnxruntime/tensorrt)")
-    if fp8 is not None:
-        torch_program = False
-    elif torch_program is None:
+    if torch_program is None:
         torch_program = transformer_bytes <= TORCH_PROGRAMS_LIMIT
     components = ("text_encoder", "text_encoder_2", "transformer", "vae")
     graph_bytes = sum(ckpt.nbytes(c, dtypes[c]) for c in components)
@@ -148,9 +144,10 @@ def export_flux(
         phases.start("transformer")
         transformer = ckpt.load("transformer", precision)
         shape = FluxShape.of(transformer)
+        amax = calibration["amax"] if calibration is not None else None
         graphs.update(_checked(transformer, tmp, lambda d, check, programs: _export_transformer(
-            transformer, cache, max_order, max_sequence_length, d, programs, log, getattr(torch, factor_dtype), check),
-            torch_program))
+            transformer, cache, max_order, max_sequence_length, d, programs, log, getattr(torch, factor_dtype), check,
+            amax), torch_program))
         del transformer
         release()
 
@@ -345,7 +342,11 @@ def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> Non
 
 
 def _export_transformer(transformer, cache: str, max_order: int, text_len: int, tmp: Path, torch_program: bool,
-                        log, factor_dtype: torch.dtype, check: bool = True) -> dict[str, Any]:
+                        log, factor_dtype: torch.dtype, check: bool = True,
+                        fp8_amax: dict[str, float] | None = None) -> dict[str, Any]:
+    """The full and forecast graphs. With `fp8_amax` and torch programs, the full graph's program is
+    the FP8 one (the transformer's calibrated linear layers replaced in place, after the ONNX
+    export: `quantize_graph` rewrites that one)."""
     shape = FluxShape.of(transformer)
     dtype = next(transformer.parameters()).dtype
     b, n = Dim("B", min=1, max=256), Dim("N_img", min=2, max=65536)
@@ -368,8 +369,10 @@ def _export_transformer(transformer, cache: str, max_order: int, text_len: int, 
                    GraphIO("rope_cos", cos, {0: n + text_len}), GraphIO("rope_sin", sin, {0: n + text_len})]
     outputs = ["sample"] + (["features"] if cache == "modules" else [])
     log(f"exporting full ({shape.n_double} double + {shape.n_single} single blocks, cache={cache})")
+    fp8_program = torch_program and fp8_amax is not None
     full = export_graph(FluxFull(transformer, cache), full_inputs, outputs,
-                        [{0: "B", 1: "N_img"}, {1: "B", 2: "N_img"}], tmp, "full", torch_program, check=check)
+                        [{0: "B", 1: "N_img"}, {1: "B", 2: "N_img"}], tmp, "full", torch_program and not fp8_program,
+                        check=check)
 
     streams, dim = len(shape.stream_names(cache)), shape.feature_dim(cache)
     factors = [GraphIO(f"factor_{i}", rnd(streams, 2, n_img, dim, dt=factor_dtype) / (i + 1), {1: b, 2: n})
@@ -382,6 +385,11 @@ def _export_transformer(transformer, cache: str, max_order: int, text_len: int, 
                       [{0: "B", 1: "N_img"}], tmp, "forecast", torch_program, check=check)
     del forecast_module
     release()  # its fused gate matrix is a copy of the gate rows
+    if fp8_program:
+        from ..calib.fp8 import quantize_module
+
+        log(f"full: torch program with {quantize_module(transformer, fp8_amax)} FP8 linear layers")
+        full["torch"] = save_torch_program(FluxFull(transformer, cache), tmp, "full", full_inputs)
     return {"full": full, "forecast": fc}
 
 

@@ -114,9 +114,21 @@ def export_graph(
     if big:
         entry["onnx_data"] = f"{name}.onnx.data"
     if torch_program:
-        torch.export.save(program, directory / f"{name}.pt2")
-        entry["torch"] = f"{name}.pt2"
+        entry["torch"] = save_torch_program(program, directory, name)
     return entry
+
+
+def save_torch_program(module_or_program, directory: Path, name: str, inputs: list[GraphIO] | None = None) -> str:
+    """`<name>.pt2`: a torch.export program (or one made of `module` on `inputs`); returns its file name."""
+    program = module_or_program
+    if inputs is not None:
+        args = tuple(i.sample for i in inputs)
+        dynamic = _dynamic_shapes(module_or_program, [i.dims for i in inputs]) if any(i.dims for i in inputs) else None
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module_or_program.eval(), args, dynamic_shapes=dynamic, strict=False)
+    torch.export.save(program, directory / f"{name}.pt2")
+    return f"{name}.pt2"
 
 
 def _precision(module: torch.nn.Module) -> str:

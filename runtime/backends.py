@@ -217,9 +217,10 @@ class TorchBackend(GpuBackend):
 
     def __init__(self, directory: Path, manifest: dict, device: str, cuda_graphs: bool = False):
         super().__init__(directory, manifest, device)
-        if manifest.get("quantization"):
-            raise BackendUnavailable(f"{directory} holds FP8 graphs, which the torch backend does not run; use "
-                                     "--backend onnxruntime, or --backend tensorrt on a GPU of compute capability 8.9+")
+        if "torch" not in manifest.get("formats", []) and manifest.get("quantization"):
+            raise BackendUnavailable(f"{directory} holds FP8 graphs and no torch programs for them; use --backend "
+                                     "onnxruntime, --backend tensorrt on a GPU of compute capability 8.9+, or re-export "
+                                     "with --torch-programs")
         if "torch" not in manifest.get("formats", []):
             raise BackendUnavailable(f"{directory} was exported without torch programs; re-export with "
                                      "--torch-programs or use --backend onnxruntime")

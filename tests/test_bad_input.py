@@ -136,3 +136,31 @@ def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         flux_export.export_flux("flux-tiny", tmp_path / "e", log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("short", ["disk", "memory"])
+def test_export_refuses_to_start_without_the_resources_it_needs(tmp_path, monkeypatch, short):
+    import collections
+
+    import psutil
+
+    from seer.export import checkpoint
+
+    if short == "disk":
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 1000, 1000))
+        needles = ("GB free in", "another --out")
+    else:
+        memory = collections.namedtuple("memory", "available")
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1000))
+        needles = ("GB of memory", "available")
+    out = tmp_path / "engine"
+    _one_line_error(*run(["flux-tiny", "--out", out], main=export_main), "needs about", *needles)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial directory
+
+
+def test_fp8_directory_on_the_torch_backend_names_the_fix(engine_copy):
+    m = json.loads((engine_copy / "manifest.json").read_text())
+    m["quantization"] = {"full": {"format": "fp8-e4m3fn"}}
+    (engine_copy / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(*run([engine_copy, "-p", "x", "--backend", "torch"]), "FP8", "--backend onnxruntime")

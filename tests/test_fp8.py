@@ -103,6 +103,38 @@ def test_saved_calibration_is_reused_and_fp8_dirs_are_tensorrt_ready(engine_fp8,
     assert weights(a) == weights(b)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fp8_over_16_bit_graphs(engine_fp8, engine_modules, tmp_path, precision):
+    """FP8 on top of a 16-bit export: Q/DQ dequantizing to the graph's dtype, TensorRT-ready, and a
+    torch program of the same quantization that --backend torch runs (bf16 runs nowhere else on a
+    CPU); for fp16, ONNX Runtime's Q/DQ kernels and the torch program agree."""
+    from seer.engines.trt_check import check_engine_dir
+    from seer.export.flux_export import FP8Options, export_flux
+    from seer.runtime.pipeline import Pipeline
+
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}[precision]
+    out = tmp_path / precision
+    export_flux("flux-tiny", out, log=lambda m: None, cache="modules", max_order=1, precision=precision,
+                fp8=FP8Options(calibration=str(engine_fp8 / "calibration/fp8.json")))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["quantization"]["full"]["dequantize_to"] == dtype and "torch" in m["formats"]
+    assert check_engine_dir(out) == {k: [] for k in ("clip", "t5", "full", "forecast", "vae_decoder")}
+    graph = onnx.load(str(out / "full.onnx"))
+    inits = {i.name: i for i in graph.graph.initializer}
+    scales = [inits[n.input[1]] for n in graph.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(scales) == 2 * m["quantization"]["full"]["quantized"]
+    assert {s.data_type for s in scales} == {getattr(onnx.TensorProto, dtype.upper())}
+
+    kw = dict(seed=2, steps=12, no_cache=True, return_latents=True)
+    ref = Pipeline.load(engine_modules)("a red circle at the top left", **kw).latents  # float32, no FP8
+    got = Pipeline.load(out, backend="torch")("a red circle at the top left", **kw).latents
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.1, err
+    if precision == "fp16":
+        ort = Pipeline.load(out)("a red circle at the top left", **kw).latents
+        assert np.abs(ort - got).max() / np.abs(got).max() < 0.5 * err
+
+
 def test_bad_calibration_input(tmp_path):
     from seer.export.cli import main
 
