@@ -64,7 +64,7 @@ SIZES: dict[str, Size] = {s.name: s for s in (
     Size("flux", "random-weight FLUX.1-dev transformer (19 double + 38 single blocks, 11.9B parameters), "
                  "1024x1024 (4096 image tokens), 512 text tokens",
          transformer={**_FLUX_DEV, **_TEXT}, resolution=1024, max_sequence_length=512, gpu_only=True,
-         precision="bfloat16"),
+         precision="bfloat16", granularities=("modules",)),  # one directory: ~25 GB of graphs each
 )}
 
 

@@ -88,7 +88,9 @@ def export_flux(
         torch_program = transformer_bytes <= TORCH_PROGRAMS_LIMIT
     components = ("text_encoder", "text_encoder_2", "transformer", "vae")
     graph_bytes = sum(ckpt.nbytes(c, dtypes[c]) for c in components)
-    check_resources(Path(out).absolute(), disk_bytes=int(graph_bytes * (2 if torch_program else 1) * 1.05),
+    # FP8: the quantized full graph (about half the transformer) is written beside the 16-bit one first
+    disk = graph_bytes * (2 if torch_program else 1) + (transformer_bytes // 2 if fp8 is not None else 0)
+    check_resources(Path(out).absolute(), disk_bytes=int(disk * 1.05),
                     memory_bytes=int(max(ckpt.nbytes(c, dtypes[c]) for c in components) * MEMORY_FACTOR))
     log(f"exporting {model} from {source} in {precision} (factors {factor_dtype}"
         f"{', torch programs' if torch_program else ''})")
