@@ -159,8 +159,9 @@ def test_export_refuses_to_start_without_the_resources_it_needs(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial directory
 
 
-def test_fp8_directory_on_the_torch_backend_names_the_fix(engine_copy):
+def test_fp8_directory_without_torch_programs_on_the_torch_backend_names_the_fix(engine_copy):
     m = json.loads((engine_copy / "manifest.json").read_text())
-    m["quantization"] = {"full": {"format": "fp8-e4m3fn"}}
+    m["quantization"] = {"full": {"format": "fp8-e4m3fn"}}  # as exported with --fp8 --no-torch-programs
+    m["formats"] = ["onnx"]
     (engine_copy / "manifest.json").write_text(json.dumps(m))
     _one_line_error(*run([engine_copy, "-p", "x", "--backend", "torch"]), "FP8", "--backend onnxruntime")

@@ -32,6 +32,8 @@ def test_footprint_narrow_model(tmp_path, capsys):
     for r in rows:
         assert "error" not in r
         assert r["peak_rss_bytes"] > 0 and r["peak_rss_hwm_bytes"] > 0
+        assert 0 < r["peak_anon_bytes"] <= r["peak_rss_bytes"]
+        assert {"t5", "full", "vae_decoder"} <= set(r["phases"])  # from seer-export's log lines
         assert r["peak_disk_bytes"] >= r["dir_bytes"] > r["graph_bytes"] > 0
         assert r["params"] > 0 and r["bf16_bytes"] == 2 * r["params"]
         assert r["stored_bytes"] == r["bf16_bytes"]  # the built checkpoint is bfloat16, as FLUX.1-dev ships
@@ -53,6 +55,11 @@ def test_footprint_narrow_model(tmp_path, capsys):
         line = fit[metric]
         expected = line["slope_per_param"] * footprint.FLUX_DEV_PARAMS + line["intercept"]
         assert abs(line["flux_dev"] - expected) <= 1e-6 * abs(expected) + 1
-    # graphs' bytes per parameter: fp32 weights (4 bytes each), extrapolated to the real model
-    assert 3.5 < fit["dir_bytes"]["slope_per_param"] < 8
+    # phase by phase: FLUX.1-dev's predicted peaks are never below the overall lines
+    assert "full" in fit["phases"]
+    assert dev["peak_rss_bytes"] >= fit["peak_rss_bytes"]["flux_dev"]
+    assert dev["peak_disk_bytes"] >= fit["peak_disk_bytes"]["flux_dev"]
+    # graphs' bytes per added parameter: at least its fp32 weight (a narrow model's graphs also carry
+    # their nodes, a large share of its bytes)
+    assert 3.5 < fit["dir_bytes"]["slope_per_param"] < 20
     assert "| 1x1 |" in printed and "FLUX.1-dev" in printed
