@@ -69,3 +69,26 @@ def test_graphs_carry_no_paths_of_the_exporting_machine(engine_lite):
         assert "pkg.torch.onnx.stack_trace" not in keys, graph
         text = " ".join(p.value for n in model.graph.node for p in n.metadata_props)
         assert ".py" not in text and "site-packages" not in text, graph
+
+
+def test_progress_bar_only_on_a_terminal(engine_lite, tmp_path, monkeypatch):
+    import io
+
+    from seer.runtime import cli
+
+    r = CliRunner().invoke(cli.main, [str(engine_lite), "-p", "a red circle", "--steps", "6", "--out",
+                                      str(tmp_path / "a.png")])
+    assert r.exit_code == 0 and r.output.count("\n") == 1, r.output  # not a terminal: the summary line only
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(cli.sys, "stderr", err)
+    with cli._progress(6, quiet=True) as on_step:  # --json
+        assert on_step is None
+    with cli._progress(6, quiet=False) as on_step:
+        for i in range(6):
+            on_step(i, i < 3, None)
+    assert "denoising" in err.getvalue() and "/6" in err.getvalue()
