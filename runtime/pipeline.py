@@ -12,9 +12,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..engines.manifest import read_manifest
-from ..errors import UsageError
+from ..errors import EngineDirError, UsageError
 from .backends import Backend, create_backend
 from .noise import randn
+from .precision import DTYPES
 from .rope import flux_rope
 from .sampler import FlowMatchEuler, latent_grid, pack, unpack
 from .schedule import Schedule
@@ -229,7 +230,11 @@ def graph_dtypes(manifest: dict) -> dict[str, str]:
     graphs = manifest["graphs"]
 
     def io(graph: str, kind: str, name: str) -> str:
-        return next(t["dtype"] for t in graphs[graph][kind] if t["name"] == name)
+        dtype = next((t.get("dtype") for t in graphs.get(graph, {}).get(kind, []) if t.get("name") == name), None)
+        if dtype not in DTYPES:
+            raise EngineDirError(f"the manifest's {graph} graph declares {kind[:-1]} {name!r} as {dtype!r}, not one "
+                                 f"of {', '.join(DTYPES)}; the directory is damaged or not seer's, re-export it")
+        return dtype
 
     lite = manifest["cache"]["granularity"] == "lite"
     return {

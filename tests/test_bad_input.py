@@ -165,3 +165,12 @@ def test_fp8_directory_without_torch_programs_on_the_torch_backend_names_the_fix
     m["formats"] = ["onnx"]
     (engine_copy / "manifest.json").write_text(json.dumps(m))
     _one_line_error(*run([engine_copy, "-p", "x", "--backend", "torch"]), "FP8", "--backend onnxruntime")
+
+
+@pytest.mark.parametrize("dtype", ["object", None, "float64"])
+def test_manifest_with_a_buffer_dtype_seer_does_not_bind(engine_copy, dtype):
+    m = json.loads((engine_copy / "manifest.json").read_text())
+    spec = next(t for t in m["graphs"]["forecast"]["inputs"] if t["name"] == "factor_0")
+    spec["dtype"] = dtype
+    (engine_copy / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(*run([engine_copy, "-p", "x", "--no-verify"]), "factor_0", "re-export")
