@@ -78,5 +78,9 @@ def main(engine_dir, out, batch, size, optimization_level, timing_cache, tf32, r
         manifest = read_manifest(engine_dir, verify=False)
         click.echo(json.dumps(profile_shapes(manifest, options.validate(manifest)), indent=1))
         return
-    build_plans(engine_dir, options, out=out, overwrite=overwrite, log=lambda m: click.echo(m, err=True))
+    from .manifest import read_manifest_digest
+
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    build_plans(engine_dir, options, out=out, overwrite=overwrite, log=log)
+    log(f"digest {read_manifest_digest(out or engine_dir)} (the plans changed the manifest: pin this one)")
     click.echo(out or engine_dir)

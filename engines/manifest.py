@@ -13,11 +13,12 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import EngineDirError
+from ..errors import EngineDirError, UsageError
 
 SCHEMA = "seer.engine-dir"
 SCHEMA_VERSION = 3  # 2: v1 plus `quantization` (FP8) and `tensorrt` (plans); 3: per-graph precision
@@ -26,11 +27,8 @@ MANIFEST = "manifest.json"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _sha256(f)
 
 
 def tensor_spec(name: str, dtype: str, shape: list[int | str]) -> dict[str, Any]:
@@ -81,37 +79,129 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """Load and check a manifest: schema and version, every named file present, sizes and hashes."""
+MAX_MANIFEST_BYTES = 16 * 2**20  # a real manifest is tens of kB; this bounds what a reader loads
+
+
+def manifest_digest(data: bytes) -> str:
+    """The digest that pins a directory: sha256 over manifest.json's bytes, which hold every file's sha256."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def read_manifest_digest(directory: str | os.PathLike) -> str:
+    """The digest of a directory seer just wrote (no checks: `open_engine_dir` checks what it pins)."""
+    return manifest_digest((Path(directory) / MANIFEST).read_bytes())
+
+
+def read_manifest(directory: str | os.PathLike, verify: bool = True, expect_digest: str | None = None) -> dict[str, Any]:
+    """Load and check a manifest (see `open_engine_dir`)."""
+    return open_engine_dir(directory, verify, expect_digest)[0]
+
+
+def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
+                    expect_digest: str | None = None) -> tuple[dict[str, Any], str]:
+    """Check an engine directory before anything in it is used; return its manifest and digest.
+
+    In order: manifest.json is a regular file of bounded size; its digest matches `expect_digest`
+    (when given); schema and version; every value within its schema and consistent with the rest
+    (engines/schema.py); every path it names is listed in `files`; every listed file is a regular
+    file inside the directory (no symlink on the way, no FIFO or device), of its recorded size and,
+    with `verify`, its sha256.
+    """
     directory = Path(directory)
-    path = directory / MANIFEST
     if not directory.is_dir():
         raise EngineDirError(f"{directory} is not a directory; pass the folder seer-export wrote")
-    if not path.is_file():
+    if expect_digest is not None and not verify:
+        raise UsageError("--expect-digest pins every file through its sha256, so it cannot be combined with "
+                         "--no-verify; drop one of them")
+    if not (directory / MANIFEST).exists() and not (directory / MANIFEST).is_symlink():
         raise EngineDirError(f"{directory} has no {MANIFEST}; it is not an engine directory (run seer-export first)")
+    data = _read_regular(directory, MANIFEST, MAX_MANIFEST_BYTES)
+    digest = manifest_digest(data)
+    if expect_digest is not None:
+        want = expect_digest.strip().lower()
+        want = want if want.startswith("sha256:") else f"sha256:{want}"
+        if want != digest:
+            raise EngineDirError(
+                f"{directory} has manifest digest {digest}, not the expected {want}: it is not the directory that "
+                "was pinned (re-exported, rebuilt or altered); pin the new digest only after testing that directory")
+    path = directory / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise EngineDirError(f"{path} is not valid JSON ({e}); re-export the engine directory") from None
-    if manifest.get("schema") != SCHEMA:
-        raise EngineDirError(f"{path} is not a seer manifest (schema {manifest.get('schema')!r})")
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        schema = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+        raise EngineDirError(f"{path} is not a seer manifest (schema {schema!r}); pass a directory seer-export wrote")
     version = manifest.get("schema_version")
-    if version not in READABLE_VERSIONS:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         fix = "upgrade seer" if newer else "re-export it with this version of seer-export"
         raise EngineDirError(
             f"{directory} uses engine-directory schema v{version}, this seer reads "
             f"v{' and v'.join(map(str, READABLE_VERSIONS))}: {fix}"
         )
-    for rel, meta in manifest.get("files", {}).items():
-        f = directory / rel
-        if not f.is_file():
-            raise EngineDirError(f"{directory} is missing {rel}; the directory is incomplete, re-export it")
-        if f.stat().st_size != meta["bytes"]:
-            raise EngineDirError(f"{rel} in {directory} has changed size since export; re-export the directory")
-        if verify and sha256_file(f) != meta["sha256"]:
-            raise EngineDirError(
-                f"{rel} in {directory} does not match its sha256 in {MANIFEST}; the file was altered or "
-                "corrupted, re-export the directory"
-            )
-    return manifest
+    from .schema import referenced_files, validate
+
+    validate(manifest, str(path))
+    files = manifest["files"]
+    for rel, key in referenced_files(manifest).items():
+        if rel not in files:
+            raise EngineDirError(f"{path}: {key} names {rel}, which `files` does not list, so it cannot be verified; "
+                                 "re-export the engine directory")
+    for rel, meta in files.items():
+        with _open_regular(directory, rel) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != meta["bytes"]:
+                raise EngineDirError(f"{rel} in {directory} has changed size since export; re-export the directory")
+            if verify and _sha256(f) != meta["sha256"]:
+                raise EngineDirError(
+                    f"{rel} in {directory} does not match its sha256 in {MANIFEST}; the file was altered or "
+                    "corrupted, re-export the directory"
+                )
+    return manifest, digest
+
+
+@contextlib.contextmanager
+def _open_regular(directory: Path, rel: str) -> Iterator[Any]:
+    """Open `rel` for reading only if it is a regular file inside `directory`: no '..', no symlink
+    anywhere on its path, no FIFO or device (opened non-blocking, so a FIFO cannot hang the reader)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise EngineDirError(f"{directory}: {rel!r} is not a path inside the directory; re-export the engine directory")
+    here = directory
+    for i, part in enumerate(parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            raise EngineDirError(f"{directory} is missing {rel}; the directory is incomplete, re-export it") from None
+        last = i == len(parts) - 1
+        if stat.S_ISLNK(st.st_mode):
+            raise EngineDirError(f"{rel} in {directory} is a symbolic link ({'/'.join(parts[:i + 1])}); an engine "
+                                 "directory holds its own files, copy them in (cp -L) or re-export")
+        if not (stat.S_ISREG(st.st_mode) if last else stat.S_ISDIR(st.st_mode)):
+            raise EngineDirError(f"{rel} in {directory} is not a regular file; re-export the engine directory")
+    fd = os.open(here, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    f = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
+            raise EngineDirError(f"{rel} in {directory} is not a regular file; re-export the engine directory")
+        yield f
+    finally:
+        f.close()
+
+
+def _read_regular(directory: Path, rel: str, limit: int) -> bytes:
+    with _open_regular(directory, rel) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EngineDirError(f"{directory / rel} is larger than {limit >> 20} MiB, no manifest is; the directory is "
+                             "damaged or not seer's, re-export it")
+    return data
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+        h.update(chunk)
+    return h.hexdigest()

@@ -195,7 +195,7 @@ def build_plans(directory: str | Path, options: BuildOptions = BuildOptions(), o
     profiles = profile_shapes(manifest, options)
     target = Path(out) if out is not None else directory
     with writing_engine_dir(target, overwrite=overwrite or out is None) as tmp:
-        _link_tree(directory, tmp)
+        _link_tree(directory, tmp, manifest)
         (tmp / PLAN_DIR).mkdir(exist_ok=True)
         started, plans = time.perf_counter(), {}
         for graph, shapes in profiles.items():
@@ -234,14 +234,14 @@ def _build_one(onnx_path: Path, shapes: dict[str, dict[str, list[int]]], options
     return EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Every file of `src` except the manifest and old plans, hard-linked (copied across devices)."""
-    for p in src.rglob("*"):
-        rel = p.relative_to(src)
-        if p.is_dir() or rel.as_posix() == MANIFEST or rel.parts[0] == PLAN_DIR:
+def _link_tree(src: Path, dst: Path, manifest: dict) -> None:
+    """The files `manifest` lists (verified, inside `src`) except old plans, hard-linked (copied
+    across devices): nothing else of `src` is carried into the new directory."""
+    for rel in manifest["files"]:
+        if rel.split("/")[0] == PLAN_DIR:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(p, dst / rel)
+            os.link(src / rel, dst / rel)
         except OSError:
-            shutil.copy2(p, dst / rel)
+            shutil.copy2(src / rel, dst / rel)

@@ -168,8 +168,9 @@ def peak_memory(job: dict) -> dict:
 def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: list[str], seeds: list[int],
         steps: int | None, backend: str = "onnxruntime", device: str = "cpu", with_peers: bool = True,
         repeats: int = 3, memory: bool = True, judge: bool = True, size: str | None = None,
-        progress: Progress = lambda m: None, cuda_graphs: bool = False) -> dict:
-    """`cuda_graphs`: time our rows with the transformer paths replayed as CUDA graphs."""
+        progress: Progress = lambda m: None, cuda_graphs: bool = False, trust_torch_programs: bool = False) -> dict:
+    """`cuda_graphs`: time our rows with the transformer paths replayed as CUDA graphs.
+    `trust_torch_programs`: let --backend torch load the directories' .pt2 programs (they run code)."""
     from ..engines.manifest import read_manifest
     from ..export.source import resolve
     from ..runtime.pipeline import Pipeline
@@ -186,7 +187,8 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
 
     # 1. quality
     report = harness.evaluate(engine_dirs, schedules, prompts, seeds, steps=steps, backend=backend, device=device,
-                              progress=progress, keep_images=True, judge=judge)
+                              progress=progress, keep_images=True, judge=judge,
+                              trust_torch_programs=trust_torch_programs)
     steps = report["steps"]
     reference = report.pop("_reference_images")
     cases = [(p, s) for p in prompts for s in seeds]
@@ -209,7 +211,8 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
     # 2. time, interleaved
     prompt, seed = cases[0]
     per_step = not device.startswith("cuda")
-    pipes = {d: Pipeline.load(d, backend=backend, device=device, cuda_graphs=cuda_graphs) for d in engine_dirs}
+    pipes = {d: Pipeline.load(d, backend=backend, device=device, cuda_graphs=cuda_graphs,
+                             trust_torch_programs=trust_torch_programs) for d in engine_dirs}
     for pipe in pipes.values():
         pipe.warmup(prompt)
     runners: dict[Any, Callable[[bool], dict]] = {}
@@ -243,7 +246,7 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
     # 3. memory, each row in a fresh process
     if memory:
         common = {"prompt": prompt, "seed": seed, "steps": steps, "backend": backend, "device": device,
-                  "cuda_graphs": cuda_graphs}
+                  "cuda_graphs": cuda_graphs, "trust_torch_programs": trust_torch_programs}
         for row in rows:
             progress(f"peak memory of {row['method']} {row['schedule']}")
             row.update(peak_memory({**common, "kind": "seer", "engine_dir": row["engine_dir"], "schedule": row["schedule"]}))

@@ -28,8 +28,11 @@ from ..errors import UsageError
               help="Write the full report (every image's numbers) to this file.")
 @click.option("--images", "image_dir", type=click.Path(file_okay=False), default=None,
               help="Also save every generated image under this directory, one folder per row.")
+@click.option("--trust-torch-programs", is_flag=True,
+              help="Let --backend torch load the directories' .pt2 programs, which run Python code when loaded.")
 @user_errors
-def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, device, json_path, image_dir):
+def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, device, json_path, image_dir,
+         trust_torch_programs):
     """Measure prompt following and fidelity to --no-cache for schedules and engine directories.
 
     Every row is one (ENGINE_DIR, schedule); PSNR and SSIM compare each image with the --no-cache
@@ -45,7 +48,8 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
     specs = [ScheduleSpec.parse(s) for s in schedules]
     prompts = load_prompts(count, prompt_file)
     report = evaluate(list(engine_dirs), specs, prompts, list(seeds), steps=steps, backend=backend, device=device,
-                      image_dir=image_dir, progress=lambda m: click.echo(m, err=True))
+                      image_dir=image_dir, progress=lambda m: click.echo(m, err=True),
+                      trust_torch_programs=trust_torch_programs)
     click.echo(table(report))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +87,11 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
               help="Measure each row's peak memory in a fresh process.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where bench.json, bench.md and bench.png go [default: out/bench, or out/bench-SIZE].")
+@click.option("--trust-torch-programs", is_flag=True,
+              help="Let --backend torch load the given directories' .pt2 programs, which run Python code when loaded (directories --size builds are trusted).")
 @user_errors
 def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats, backend, device, precision,
-               cuda_graphs, peers, memory, out_dir):
+               cuda_graphs, peers, memory, out_dir, trust_torch_programs):
     """Speed and quality of schedules against --no-cache, the schedule's ideal, and diffusers.
 
     Pass a --cache modules and a --cache lite directory of the same model to compare both, or
@@ -117,7 +123,7 @@ def bench_main(engine_dirs, size, work, schedules, count, seeds, steps, repeats,
     report = bench.run([str(d) for d in engine_dirs], specs, prompts, list(seeds), steps, backend, device, peers,
                        repeats=repeats, memory=memory, judge=chosen is None or chosen.transformer is None,
                        size=chosen.name if chosen else None, progress=lambda m: click.echo(m, err=True),
-                       cuda_graphs=cuda_graphs)
+                       cuda_graphs=cuda_graphs, trust_torch_programs=trust_torch_programs or chosen is not None)
     bench.write(report, out)
     click.echo(bench.markdown(report))
     click.echo(f"wrote {out}/bench.json, bench.md, bench.png", err=True)

@@ -109,6 +109,7 @@ def evaluate(
     progress: Callable[[str], None] = lambda message: None,
     keep_images: bool = False,
     judge: bool = True,
+    trust_torch_programs: bool = False,
 ) -> dict:
     """Runs every (engine directory, schedule) row and returns the report (JSON-ready; with
     `keep_images`, also `_reference_images`: the --no-cache images, for callers that compare more).
@@ -121,7 +122,8 @@ def evaluate(
         raise UsageError("give at least one schedule (--schedule none, --schedule 6/1/3, ...)")
     if not seeds:
         raise UsageError("give at least one seed")
-    pipes = [Pipeline.load(d, backend=backend, device=device) for d in engine_dirs]
+    pipes = [Pipeline.load(d, backend=backend, device=device, trust_torch_programs=trust_torch_programs)
+             for d in engine_dirs]
     cases = [(p, s) for p in prompts for s in seeds]
     out_dir = Path(image_dir) if image_dir else None
 

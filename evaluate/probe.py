@@ -32,7 +32,8 @@ def main(argv: list[str]) -> None:
         from ..runtime.pipeline import Pipeline
 
         pipe = Pipeline.load(job["engine_dir"], backend=job["backend"], device=job["device"],
-                             cuda_graphs=job.get("cuda_graphs", False))
+                             cuda_graphs=job.get("cuda_graphs", False),
+                             trust_torch_programs=job.get("trust_torch_programs", False))
         pipe(job["prompt"], seed=job["seed"], steps=job["steps"], **spec.kwargs())
     else:
         from .bench import Peers

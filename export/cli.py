@@ -77,4 +77,7 @@ def main(model, out, cache, max_order, max_sequence_length, precision, factor_dt
         from ..engines.tensorrt_build import build_plans
 
         build_plans(out, log=log)
+    from ..engines.manifest import read_manifest_digest
+
+    log(f"digest {read_manifest_digest(out)} (pin this directory with seer-run --expect-digest)")
     click.echo(out)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, EngineDirError, NotTrusted
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -62,13 +62,13 @@ class Backend:
 
 
 def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu",
-                   cuda_graphs: bool = False) -> Backend:
+                   cuda_graphs: bool = False, trust_torch_programs: bool = False) -> Backend:
     if cuda_graphs and (name == "onnxruntime" or not device.startswith("cuda")):
         raise BackendUnavailable("CUDA graphs need --device cuda and --backend torch or tensorrt")
     if name == "onnxruntime":
         return OnnxRuntimeBackend(directory, manifest, device)
     if name == "torch":
-        return TorchBackend(directory, manifest, device, cuda_graphs)
+        return TorchBackend(directory, manifest, device, cuda_graphs, trust_torch_programs)
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
 
@@ -167,6 +167,8 @@ class OnnxRuntimeBackend(Backend):
             name: ort.InferenceSession(str(directory / g["onnx"]), opts, providers=providers)
             for name, g in manifest["graphs"].items()
         }
+        for name, sess in self.sessions.items():
+            check_interface(name, manifest["graphs"][name], sess.get_inputs(), sess.get_outputs())
         self._cuda = device != "cpu"
 
     def empty(self, shape, dtype="float32"):
@@ -215,7 +217,8 @@ class TorchBackend(GpuBackend):
 
     name = "torch"
 
-    def __init__(self, directory: Path, manifest: dict, device: str, cuda_graphs: bool = False):
+    def __init__(self, directory: Path, manifest: dict, device: str, cuda_graphs: bool = False,
+                 trust_torch_programs: bool = False):
         super().__init__(directory, manifest, device)
         if "torch" not in manifest.get("formats", []) and manifest.get("quantization"):
             raise BackendUnavailable(f"{directory} holds FP8 graphs and no torch programs for them; use --backend "
@@ -223,6 +226,17 @@ class TorchBackend(GpuBackend):
                                      "with --torch-programs")
         if "torch" not in manifest.get("formats", []):
             raise BackendUnavailable(f"{directory} was exported without torch programs; re-export with "
+                                     "--torch-programs or use --backend onnxruntime")
+        if not trust_torch_programs:
+            # torch.export.load unpickles parts of a .pt2 (and parses its shape expressions with
+            # sympy, which evaluates them): loading one runs whatever its writer put there.
+            raise NotTrusted(
+                f"the torch backend loads {directory}'s .pt2 torch programs, and loading a .pt2 runs Python code "
+                "stored in it; pass --trust-torch-programs (Python: trust_torch_programs=True) only for a "
+                "directory you exported or pinned with --expect-digest, or use --backend onnxruntime or tensorrt")
+        missing = [name for name, g in manifest["graphs"].items() if "torch" not in g]
+        if missing:
+            raise BackendUnavailable(f"{directory} has no torch program for {', '.join(missing)}; re-export with "
                                      "--torch-programs or use --backend onnxruntime")
         self.modules = {}
         for name, g in manifest["graphs"].items():
@@ -255,6 +269,33 @@ class TorchBackend(GpuBackend):
         else:
             self._launch(graph, inputs, outputs)
         return outputs
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+              "tensor(int64)": "int64"}
+
+
+def check_interface(graph: str, spec: dict, inputs, outputs) -> None:
+    """The manifest's word on a graph against the graph itself (ONNX Runtime's NodeArgs: name, type,
+    shape): the same tensor names, dtypes and fixed dimensions, or one line naming the first difference."""
+    for kind, declared, actual in (("input", spec["inputs"], inputs), ("output", spec["outputs"], outputs)):
+        have = {a.name: a for a in actual}
+        for t in declared:
+            a = have.pop(t["name"], None)
+            problem = None
+            if a is None:
+                problem = f"declares {kind} {t['name']!r}, which the graph does not have"
+            elif _ORT_TYPES.get(a.type, a.type) != t["dtype"]:
+                problem = f"declares {kind} {t['name']!r} as {t['dtype']}, the graph has {_ORT_TYPES.get(a.type, a.type)}"
+            elif len(a.shape) != len(t["shape"]) or any(
+                    isinstance(d, int) and isinstance(g, int) and d != g for d, g in zip(t["shape"], a.shape)):
+                problem = f"declares {kind} {t['name']!r} with shape {t['shape']}, the graph has {list(a.shape)}"
+            if problem:
+                raise EngineDirError(f"the manifest's {graph} graph {problem}; the manifest does not describe its "
+                                     "graphs, re-export the engine directory")
+        if have:
+            raise EngineDirError(f"the {graph} graph has {kind}(s) {sorted(have)} the manifest does not declare; "
+                                 "re-export the engine directory")
 
 
 def _import_torch(why: str):

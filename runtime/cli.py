@@ -38,10 +38,16 @@ from ..cli_common import user_errors
                                                    "backend on cuda).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every file's sha256 against the manifest before loading.")
+@click.option("--expect-digest", default=None, metavar="sha256:HEX",
+              help="Refuse ENGINE_DIR unless its manifest digest (printed by seer-export) is this one: pins exactly "
+                   "the directory a service was tested with.")
+@click.option("--trust-torch-programs", is_flag=True,
+              help="Let --backend torch load the directory's .pt2 programs, which run Python code when loaded: only "
+                   "for a directory you exported or pinned with --expect-digest.")
 @click.option("--json", "as_json", is_flag=True, help="Print timings and the schedule as JSON on stdout.")
 @user_errors
 def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
-         schedule_style, no_cache, backend, device, cuda_graphs, verify, as_json):
+         schedule_style, no_cache, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
 
     \b
@@ -54,7 +60,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from .. import __version__
     from .pipeline import Pipeline
 
-    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs)
+    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
+                         expect_digest=expect_digest, trust_torch_programs=trust_torch_programs)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
         g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
                  interval=interval, order=order, warmup=warmup, final_full=final_full,
@@ -68,7 +75,7 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
                 "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,
                 "order": d["order"] if order is None else order, "warmup": d["warmup"] if warmup is None else warmup,
                 "final_full": final_full, "schedule_style": schedule_style, "backend": backend,
-                "engine": pipe.manifest["model"]["source"], "seer": __version__}
+                "engine": pipe.manifest["model"]["source"], "digest": pipe.digest, "seer": __version__}
     info = PngInfo()
     info.add_text("parameters", json.dumps(settings))
     info.add_text("prompt", prompt)

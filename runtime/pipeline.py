@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engines.manifest import read_manifest
+from ..engines.manifest import open_engine_dir
 from ..errors import EngineDirError, UsageError
 from .backends import Backend, create_backend
 from .noise import randn
@@ -39,6 +39,7 @@ class Generation:
 class Pipeline:
     def __init__(self, directory: Path, manifest: dict, backend: Backend):
         self.directory, self.manifest, self.backend = directory, manifest, backend
+        self.digest: str | None = None  # the manifest digest, when loaded through `load`
         self.config = manifest["model"]["config"]
         self.sampler = FlowMatchEuler.from_manifest(manifest["sampler"])
         text = manifest["text"]
@@ -50,11 +51,20 @@ class Pipeline:
 
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-             verify: bool = True, cuda_graphs: bool = False) -> Pipeline:
-        """`cuda_graphs`: capture the two transformer paths as CUDA graphs (torch or tensorrt on cuda)."""
+             verify: bool = True, cuda_graphs: bool = False, expect_digest: str | None = None,
+             trust_torch_programs: bool = False) -> Pipeline:
+        """Check the directory (docs/production.md) and load its graphs on `backend`.
+
+        `expect_digest`: refuse the directory unless its manifest digest (printed by seer-export,
+        `Pipeline.digest`) is this one. `trust_torch_programs`: the torch backend loads `.pt2`
+        programs, which run code when loaded; it refuses to unless the caller trusts the directory.
+        `cuda_graphs`: capture the two transformer paths as CUDA graphs (torch or tensorrt on cuda)."""
         directory = Path(engine_dir)
-        manifest = read_manifest(directory, verify=verify)
-        return cls(directory, manifest, create_backend(backend, directory, manifest, device, cuda_graphs))
+        manifest, digest = open_engine_dir(directory, verify=verify, expect_digest=expect_digest)
+        pipe = cls(directory, manifest, create_backend(backend, directory, manifest, device, cuda_graphs,
+                                                       trust_torch_programs))
+        pipe.digest = digest
+        return pipe
 
     def warmup(self, prompt: str = "warm-up", height: int | None = None, width: int | None = None) -> None:
         """Run every graph once at this resolution, so that no request pays for first-run work

@@ -49,6 +49,9 @@ class TensorRTBackend(GpuBackend):
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
+        # A plan can embed host code (version-compatible plans carry a lean runtime); TensorRT runs it only
+        # when allowed. Never: loading a directory must not run code from it (this is also the default).
+        runtime.engine_host_code_allowed = False
         self.engines = {}
         for graph, entry in built["plans"].items():
             engine = runtime.deserialize_cuda_engine((directory / entry["plan"]).read_bytes())

@@ -24,3 +24,8 @@ class BackendUnavailable(SeerError):
 
 class ModelSourceError(SeerError):
     """The model to export cannot be found or is not a FLUX pipeline."""
+
+
+class NotTrusted(SeerError):
+    """Loading this part of an engine directory would run code from it, and the caller has not
+    said it trusts the directory."""

@@ -38,8 +38,9 @@ def test_torch_cuda_graphs_match_eager(engine_modules):
     from seer.runtime.pipeline import Pipeline
 
     kw = dict(seed=3, steps=12, interval=3, order=2, warmup=2, return_latents=True)
-    eager = Pipeline.load(engine_modules, backend="torch", device="cuda")
-    graphed = Pipeline.load(engine_modules, backend="torch", device="cuda", cuda_graphs=True)
+    eager = Pipeline.load(engine_modules, backend="torch", device="cuda", trust_torch_programs=True)
+    graphed = Pipeline.load(engine_modules, backend="torch", device="cuda", cuda_graphs=True,
+                            trust_torch_programs=True)
     ref = eager("a red circle at the top left", **kw).latents
     for _ in range(2):  # the second request replays the graphs captured by the first
         got = graphed("a red circle at the top left", **kw).latents

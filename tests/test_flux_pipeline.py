@@ -31,7 +31,7 @@ def diffusers_latents(tiny_model):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_no_cache_matches_diffusers(engine_modules, diffusers_latents, backend):
-    pipe = Pipeline.load(engine_modules, backend=backend)
+    pipe = Pipeline.load(engine_modules, backend=backend, trust_torch_programs=True)
     g = pipe(PROMPT, seed=7, steps=STEPS, height=SIZE, width=SIZE, no_cache=True, return_latents=True)
     # float32 end to end; the only differences are kernel order (ONNX Runtime vs torch) and the
     # rotary tables rounded to float32 before use instead of after.
@@ -48,7 +48,7 @@ def _trajectory(pipe, **kw):
 
 def test_cached_onnxruntime_matches_torch_step_by_step(engine_modules):
     ort_g, ort_steps = _trajectory(Pipeline.load(engine_modules, backend="onnxruntime"), interval=4, order=2, warmup=2)
-    pt_g, pt_steps = _trajectory(Pipeline.load(engine_modules, backend="torch"), interval=4, order=2, warmup=2)
+    pt_g, pt_steps = _trajectory(Pipeline.load(engine_modules, backend="torch", trust_torch_programs=True), interval=4, order=2, warmup=2)
     assert [f for f, _ in ort_steps] == [f for f, _ in pt_steps] == list(ort_g.schedule.full)
     assert not all(ort_g.schedule.full)
     for i, ((_, a), (_, b)) in enumerate(zip(ort_steps, pt_steps)):

@@ -64,7 +64,7 @@ def engine_fp16(tmp_path_factory, tiny_model):
 def test_bf16_torch_programs_match_diffusers_in_bf16(engine_bf16, bf16_checkpoint):
     ref16 = diffusers_latents(bf16_checkpoint, torch.bfloat16)
     ref32 = diffusers_latents(bf16_checkpoint, torch.float32)
-    g = Pipeline.load(engine_bf16, backend="torch")(PROMPT, seed=7, steps=STEPS, height=128, width=128,
+    g = Pipeline.load(engine_bf16, backend="torch", trust_torch_programs=True)(PROMPT, seed=7, steps=STEPS, height=128, width=128,
                                                     no_cache=True, return_latents=True)
     # The same kernels on the same CPU and the same roundings as diffusers (the timestep cast to
     # bfloat16 and divided there, the scheduler's dt * prediction in bfloat16 with dt cast first, the
@@ -89,7 +89,8 @@ def test_fp16_onnxruntime_matches_diffusers_in_fp16(engine_fp16, tiny_model):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_cached_16_bit_runs_forecast_close_to_their_no_cache_run(engine_bf16, engine_fp16, backend):
-    pipe = Pipeline.load(engine_bf16 if backend == "torch" else engine_fp16, backend=backend)
+    pipe = Pipeline.load(engine_bf16 if backend == "torch" else engine_fp16, backend=backend,
+                         trust_torch_programs=True)
     kw = dict(seed=3, steps=20, height=64, width=96, return_latents=True)
     ref = pipe(PROMPT, no_cache=True, **kw).latents
     cached = pipe(PROMPT, interval=3, order=1, warmup=3, **kw)

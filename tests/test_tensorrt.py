@@ -172,7 +172,8 @@ def test_tensorrt_api_names_exist_in_tensorrt_11():
     binary = _bindings_binary()
     used = _trt_names()
     assert {"execute_async_v3", "set_input_shape", "set_tensor_address", "set_device_memory",
-            "ExecutionContextAllocationStrategy", "deserialize_cuda_engine"} <= used  # the collector sees them
+            "ExecutionContextAllocationStrategy", "deserialize_cuda_engine",
+            "engine_host_code_allowed"} <= used  # the collector sees them
     # an exported name is a NUL-terminated string (the linker may share the tail of a longer one)
     missing = sorted(n for n in used - _FALLBACKS if not re.search(re.escape(n.encode()) + b"\0", binary))
     assert missing == [], f"not in the TensorRT 11.4 bindings: {missing}"
