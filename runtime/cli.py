@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -52,8 +51,17 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from PIL.PngImagePlugin import PngInfo
 
     from .. import __version__
+    from ..errors import UsageError
+    from .output import check_image_path, write_png
     from .pipeline import Pipeline
 
+    # before loading and generating (minutes): an unusable --out or prompt fails now, not after
+    out_path = check_image_path(out)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogate escapes
+        raise UsageError("the prompt is not valid UTF-8 text; pass it in UTF-8 (check the terminal's locale, "
+                         "e.g. LANG=C.UTF-8)") from None
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
         g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
@@ -72,8 +80,7 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     info = PngInfo()
     info.add_text("parameters", json.dumps(settings))
     info.add_text("prompt", prompt)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    g.image.save(out, pnginfo=info)
+    write_png(g.image, out_path, info, shown=out)
     report = {"out": out, "schedule": s.describe(), "timings_s": {k: round(v, 4) for k, v in g.timings.items()}}
     if as_json:
         click.echo(json.dumps({**settings, **report}))
