@@ -14,7 +14,7 @@ from ..cli_common import user_errors
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("engine_dir", type=click.Path())
 @click.option("--prompt", "-p", required=True, help="What to draw.")
-@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(),  # checked before generating
               help="PNG to write (prompt, seed and schedule go into its metadata).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Denoising steps [default: the directory's, 50].")
