@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .. import signals
 from ..atomic import Unsupported, exchange, fsync_path, fsync_tree, open_dir, rename_noreplace, try_lock
 from ..errors import OutputError, UsageError
 from ..oserrors import describe, is_environment_error
@@ -103,6 +104,7 @@ def writing_engine_dir(target: str | os.PathLike | Claim, overwrite: bool = Fals
             if not (tmp / MANIFEST).is_file():
                 raise RuntimeError("engine directory written without a manifest")
             fsync_tree(tmp)  # on a power loss after the rename, the files must be there too
+            signals.check()  # a SIGTERM whose exception was dropped still stops the replacement
             old = _place(tmp, claim)
         except OSError as e:
             if is_environment_error(e) and _inside(e.filename, tmp):

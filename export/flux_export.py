@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from .. import __version__
+from .. import __version__, signals
 from ..engines.manifest import write_manifest
 from ..engines.writing import claiming_engine_dir, writing_engine_dir
 from ..errors import UsageError
@@ -230,6 +230,7 @@ class _Phases:
         self.started = False
 
     def start(self, name: str) -> None:
+        signals.check()  # a SIGTERM whose exception was dropped (in a finalizer) stops the export here
         if self.started:
             self.bar.update()
         self.started = True

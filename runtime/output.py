@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import signals
 from ..atomic import write_file_atomically
 from ..errors import OutputError, UsageError
 from ..oserrors import describe
@@ -44,6 +45,7 @@ def write_png(image, path: Path, pnginfo, shown: str | os.PathLike | None = None
     """Save `image` as PNG at `path` through a temporary file beside it, flushed to the disk, renamed
     over `path`: a full disk or an interrupt leaves the previous file there, byte for byte."""
     shown = shown or path
+    signals.check()  # a SIGTERM whose exception was dropped (in a finalizer) still keeps the old image
     try:
         write_file_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=pnginfo))
     except OSError as e:

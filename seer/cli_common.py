@@ -4,46 +4,22 @@ way, through every cleanup on the way out."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 import sys
-import threading
 
 import click
 
 from .errors import SeerError
 from .oserrors import describe, is_environment_error
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is, so that it unwinds like Ctrl-C: temporary files
-    and partial directories are removed by the code that made them."""
-
-
-def _raise_terminated(signum, frame):
-    # once: a second SIGTERM during the cleanup must not cut the cleanup short
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+from .signals import Terminated, sigterm_unwinds
 
 
 def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _sigterm_unwinds():
+            with sigterm_unwinds():
                 return fn(*args, **kwargs)
         except SeerError as e:
             click.echo(f"error: {e}", err=True)

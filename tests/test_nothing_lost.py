@@ -406,6 +406,32 @@ def test_user_errors_turns_sigterm_into_an_unwinding_exit_143(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_sigterm_dropped_inside_a_finalizer_still_stops_the_replacement(tmp_path):
+    import click
+
+    from seer.cli_common import user_errors
+
+    made(tmp_path / "e", "old")
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises here, and Python drops exceptions raised in __del__
+
+    @click.command()
+    @user_errors
+    def cmd():
+        with writing_engine_dir(tmp_path / "e", overwrite=True) as tmp:
+            obj = Finalized()
+            del obj  # the SIGTERM arrives and its exception is dropped; the export goes on
+            fill(tmp, "new")
+
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 143 and result.output.strip().splitlines()[-1] == "terminated"
+    assert read_manifest(tmp_path / "e")["marker"] == "old" and os.listdir(tmp_path) == ["e"]
+
+
 @pytest.mark.parametrize("error,code,line", [
     (OSError(errno.ENOSPC, "No space left on device", "/data/x.bin"), 2,
      "error: cannot use /data/x.bin: No space left on device; free some space there or choose another path"),
