@@ -39,7 +39,6 @@ class Claim:
 
     target: Path
     replaces: bool  # an engine directory or an empty one was there when claimed (with overwrite)
-    log: Log
 
 
 def partial_prefix(target: Path) -> str:
@@ -72,7 +71,7 @@ def claiming_engine_dir(out: str | os.PathLike, overwrite: bool = False, log: Lo
         if os.path.lexists(target) and not overwrite:
             raise OutputError(f"{target} already exists; choose another --out or pass --overwrite to replace it")
         sweep_leftovers(target, log)
-        yield Claim(target, os.path.lexists(target), log)
+        yield Claim(target, os.path.lexists(target))
 
 
 @contextlib.contextmanager
@@ -82,8 +81,8 @@ def writing_engine_dir(target: str | os.PathLike | Claim, overwrite: bool = Fals
 
     The caller writes its files and then calls `write_manifest(tmp, manifest)`; a directory without
     a manifest is refused here, and any exception (an interrupt included) removes the temporary
-    directory and leaves `target` as it was. `target` is a path (claimed here) or a Claim made
-    earlier with `claiming_engine_dir` (whose `overwrite` and `log` then apply)."""
+    directory and leaves `target` as it was. `target` is a path (claimed here, `overwrite` and `log`
+    as for `claiming_engine_dir`) or a Claim that function made earlier."""
     if not isinstance(target, Claim):
         with claiming_engine_dir(target, overwrite, log) as claim, writing_engine_dir(claim) as tmp:
             yield tmp
@@ -96,10 +95,11 @@ def writing_engine_dir(target: str | os.PathLike | Claim, overwrite: bool = Fals
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished directory private
-    fd = open_dir(tmp)
-    try_lock(fd)  # held until the directory is in place or removed: the sweep's proof we are alive
+    fd = None
     try:
         try:
+            fd = open_dir(tmp)
+            try_lock(fd)  # held until the directory is in place or removed: the sweep's proof we are alive
             yield tmp
             if not (tmp / MANIFEST).is_file():
                 raise RuntimeError("engine directory written without a manifest")
@@ -114,7 +114,8 @@ def writing_engine_dir(target: str | os.PathLike | Claim, overwrite: bool = Fals
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if kept under another name
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     with contextlib.suppress(OSError):
         fsync_path(target.parent)  # the rename itself durable
     if old is not None:
@@ -230,6 +231,8 @@ def _not_replaceable(target: Path) -> str | None:
         return "a symbolic link (pass the directory it points to)"
     if not target.is_dir():
         return "a file, not an engine directory"
+    if os.path.ismount(target):
+        return "a mount point, which cannot be renamed (pass a folder inside it)"
     try:
         empty = next(os.scandir(target), None) is None
     except OSError as e:

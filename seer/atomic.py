@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import platform
+import secrets
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -123,27 +124,30 @@ def open_dir(path: Path) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
-def write_file_atomically(path: Path, write: Callable[[object], None], mode: int | None = None) -> None:
+def write_file_atomically(path: Path, write: Callable[[object], None]) -> None:
     """Write `path` through `write(file)` into a hidden temporary file beside it, flushed to the disk,
     then rename it over `path`: readers see the old file or the new one, never a part. On any failure
-    (a full disk, an interrupt) the temporary file is removed and `path` is left as it was.
-
-    `mode`: the new file's permissions [default: the old file's, else 0o666 less the umask]."""
+    (a full disk, an interrupt) the temporary file is removed and `path` is left as it was. A replaced
+    file's permissions are kept; a new one gets the umask's, as open() would give it."""
     path = Path(path)
-    if mode is None:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-    fd, tmp = _mkstemp(path)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = None
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:  # 0o666 less the umask, set by the kernel (reading the umask would change it process-wide)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -151,9 +155,3 @@ def write_file_atomically(path: Path, write: Callable[[object], None], mode: int
         raise
     with contextlib.suppress(OSError):  # the new name is durable only once its directory is; best effort
         fsync_path(path.parent)
-
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

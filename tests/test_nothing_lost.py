@@ -161,6 +161,14 @@ def test_overwrite_replaces_an_empty_directory(tmp_path):
     assert read_manifest(tmp_path / "e")["marker"] == "new"
 
 
+def test_an_empty_mount_point_is_not_replaced(tmp_path, monkeypatch):
+    (tmp_path / "e").mkdir()  # renaming a mount point fails (EBUSY): say so before any work
+    monkeypatch.setattr(writing.os.path, "ismount", lambda p: Path(p) == tmp_path / "e")
+    with pytest.raises(OutputError, match="a mount point.*pass a folder inside it"):
+        made(tmp_path / "e", "new", overwrite=True)
+    assert snapshot(tmp_path) == {"e": None}
+
+
 def test_without_overwrite_an_existing_empty_directory_is_kept(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(OutputError, match="already exists.*--overwrite"):
