@@ -50,7 +50,8 @@ def _int(text: str) -> int:
 @click.option("--strip-plan", is_flag=True, help="Leave the weights out of the plans (needs --refittable).")
 @click.option("--weight-streaming", is_flag=True, help="Allow streaming weights from host memory at run time.")
 @click.option("--graph", "graphs", multiple=True, help="Build only this graph (repeatable) [default: all].")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out if it is an engine directory (or empty), in one step; anything else is refused.")
 @click.option("--dry-run", is_flag=True, help="Print the optimization profiles and stop (needs no TensorRT).")
 @user_errors
 def main(engine_dir, out, batch, size, optimization_level, timing_cache, tf32, refittable, strip_plan,

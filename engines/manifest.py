@@ -1,9 +1,9 @@
 """The engine directory: `manifest.json` plus the files it names. This module is its only reader
 and writer; docs/engine-dir.md is the written spec a C++ service implements against.
 
-A directory is written into a temporary sibling and renamed into place only once every file and
-the manifest (with a sha256 per file) are complete, so an interrupted export never leaves a
-directory that looks valid.
+A directory is written into a temporary sibling and takes its place in one rename only once every
+file and the manifest (with a sha256 per file) are complete (engines/writing.py), so an interrupted
+export never leaves a directory that looks valid.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,37 +32,6 @@ def sha256_file(path: Path) -> str:
 def tensor_spec(name: str, dtype: str, shape: list[int | str]) -> dict[str, Any]:
     """One graph input or output: symbolic dims are strings (B, N_img, ...), fixed ones ints."""
     return {"name": name, "dtype": dtype, "shape": list(shape)}
-
-
-@contextlib.contextmanager
-def writing_engine_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory to fill; on success it replaces `target` atomically.
-
-    The caller writes its files and then calls `write_manifest(tmp, manifest)`; a directory
-    without a manifest is refused here, and any exception removes the temporary directory.
-    """
-    target = Path(target).absolute()
-    if target.exists() and not overwrite:
-        raise EngineDirError(f"{target} already exists; choose another --out or pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished directory private
-    try:
-        yield tmp
-        if not (tmp / MANIFEST).is_file():
-            raise RuntimeError("engine directory written without a manifest")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

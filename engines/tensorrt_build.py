@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BackendUnavailable, UsageError
-from .manifest import MANIFEST, read_manifest, write_manifest, writing_engine_dir
+from .manifest import MANIFEST, read_manifest, write_manifest
+from .writing import writing_engine_dir
 
 PLAN_DIR = "plans"
 OPTIMIZATION_LEVELS = range(0, 6)

@@ -9,7 +9,7 @@ from ..cli_common import user_errors
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", required=True, type=click.Path(),  # checked by seer itself: one error line
               help="Engine directory to create (written atomically).")
 @click.option("--cache", type=click.Choice(["modules", "lite"]), default="modules", show_default=True,
               help="What TaylorSeer caches: every attention/MLP output (paper-faithful) or only the "
@@ -31,7 +31,8 @@ from ..cli_common import user_errors
                    "weight) [default: only when the transformer is under 2 GiB].")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
               help="tensorrt: also build TensorRT plans for this GPU (static, default size; seer-build for more).")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out if it is an engine directory (or empty), in one step; anything else is refused.")
 @click.option("--fp8", is_flag=True,
               help="Quantize the full transformer path to FP8 E4M3 (standard Q/DQ), calibrated at the default "
                    "schedule's full steps; TensorRT runs it on compute capability 8.9+.")

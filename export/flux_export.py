@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from .. import __version__
-from ..engines.manifest import write_manifest, writing_engine_dir
+from .. import __version__, signals
+from ..engines.manifest import write_manifest
+from ..engines.writing import claiming_engine_dir, writing_engine_dir
 from ..errors import UsageError
 from ..runtime.precision import BYTES, dtype_name
 from ..runtime.rope import flux_rope
@@ -77,7 +78,17 @@ def export_flux(
         raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
     if not 0 <= max_order <= MAX_ORDER_LIMIT:
         raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order})")
+    if max_sequence_length is not None and max_sequence_length < 1:
+        raise UsageError(f"--max-sequence-length must be at least 1 (got {max_sequence_length})")
     prompts = fp8.prompts(model) if fp8 is not None and fp8.calibration is None else None  # bad input fails early
+    # Before any work (a hub download included): a bad --out or a second export to it fails now.
+    with claiming_engine_dir(out, overwrite=overwrite, log=log) as claim:
+        return _export_flux(model, claim, cache, max_order, torch_program, max_sequence_length, log, fp8, precision,
+                            factor_dtype, progress, prompts)
+
+
+def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_length, log, fp8, precision,
+                 factor_dtype, progress, prompts) -> dict[str, Any]:
     source = resolve(model)
     ckpt = Checkpoint.open(source)
     precision = dtype_name(precision) if precision else ckpt.stored_dtype("transformer")
@@ -90,7 +101,7 @@ def export_flux(
     graph_bytes = sum(ckpt.nbytes(c, dtypes[c]) for c in components)
     # FP8: the quantized full graph (about half the transformer) is written beside the 16-bit one first
     disk = graph_bytes * (2 if torch_program else 1) + (transformer_bytes // 2 if fp8 is not None else 0)
-    check_resources(Path(out).absolute(), disk_bytes=int(disk * 1.05),
+    check_resources(claim.target, disk_bytes=int(disk * 1.05),
                     memory_bytes=int(max(ckpt.nbytes(c, dtypes[c]) for c in components) * MEMORY_FACTOR))
     log(f"exporting {model} from {source} in {precision} (factors {factor_dtype}"
         f"{', torch programs' if torch_program else ''})")
@@ -105,6 +116,10 @@ def export_flux(
         # FLUX.1-dev was trained with 512 T5 tokens, schnell with 256; smaller models say so in their tokenizer.
         limit = 512 if guidance_embeds else 256
         max_sequence_length = min(limit, int(light.tokenizer_2.model_max_length or limit))
+    cap = min(512, int(light.tokenizer_2.model_max_length or 512))  # FluxPipeline takes at most 512
+    if max_sequence_length > cap:
+        raise UsageError(f"--max-sequence-length {max_sequence_length} is more than the {cap} T5 tokens this "
+                         f"model takes; choose 1 to {cap}")
     vae_scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
     size = vae_cfg.get("sample_size")
     default_size = int(size if isinstance(size, int) else size[0]) if size else 1024
@@ -114,7 +129,7 @@ def export_flux(
     }
     phases = _Phases(6 + (fp8 is not None), progress, log)
 
-    with writing_engine_dir(out, overwrite=overwrite) as tmp:
+    with writing_engine_dir(claim) as tmp:
         started = time.perf_counter()
         calibration = None
         if fp8 is not None:
@@ -215,6 +230,7 @@ class _Phases:
         self.started = False
 
     def start(self, name: str) -> None:
+        signals.check()  # a SIGTERM whose exception was dropped (in a finalizer) stops the export here
         if self.started:
             self.bar.update()
         self.started = True

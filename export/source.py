@@ -65,7 +65,20 @@ def _check_pipeline(path: Path) -> Path:
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelSourceError(f"{path} has no model_index.json; pass a diffusers-format FLUX pipeline directory")
-    cls = json.loads(index.read_text()).get("_class_name", "")
+    try:
+        meta = json.loads(index.read_text())
+    except ValueError as e:  # a UnicodeDecodeError included
+        raise ModelSourceError(f"{index} is not valid JSON ({e}); pass a diffusers-format FLUX pipeline directory "
+                               "(save it again with save_pretrained)") from None
+    cls = meta.get("_class_name") if isinstance(meta, dict) else None
+    if not isinstance(cls, str) or not cls:
+        raise ModelSourceError(f"{index} does not name its pipeline class (_class_name); pass a diffusers-format "
+                               "FLUX pipeline directory (save it again with save_pretrained)")
     if not cls.startswith("Flux"):
         raise ModelSourceError(f"{path} holds a {cls or 'unknown'} pipeline; seer-export flux takes FLUX pipelines")
+    for component in ("text_encoder", "text_encoder_2", "transformer", "vae"):
+        entry = meta.get(component)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise ModelSourceError(f"{index} names no {component} ([library, class]); seer-export needs a complete "
+                                   "FLUX pipeline")
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -15,7 +14,7 @@ from ..cli_common import user_errors
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("engine_dir", type=click.Path())
 @click.option("--prompt", "-p", required=True, help="What to draw.")
-@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(),  # checked before generating
               help="PNG to write (prompt, seed and schedule go into its metadata).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Denoising steps [default: the directory's, 50].")
@@ -58,8 +57,17 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from PIL.PngImagePlugin import PngInfo
 
     from .. import __version__
+    from ..errors import UsageError
+    from .output import check_image_path, write_png
     from .pipeline import Pipeline
 
+    # before loading and generating (minutes): an unusable --out or prompt fails now, not after
+    out_path = check_image_path(out)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogate escapes
+        raise UsageError("the prompt is not valid UTF-8 text; pass it in UTF-8 (check the terminal's locale, "
+                         "e.g. LANG=C.UTF-8)") from None
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
                          expect_digest=expect_digest, trust_torch_programs=trust_torch_programs)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
@@ -79,8 +87,7 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     info = PngInfo()
     info.add_text("parameters", json.dumps(settings))
     info.add_text("prompt", prompt)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    g.image.save(out, pnginfo=info)
+    write_png(g.image, out_path, info, shown=out)
     report = {"out": out, "schedule": s.describe(), "timings_s": {k: round(v, 4) for k, v in g.timings.items()}}
     if as_json:
         click.echo(json.dumps({**settings, **report}))

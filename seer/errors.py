@@ -18,6 +18,11 @@ class EngineDirError(SeerError):
     """An engine directory is missing, incomplete, altered or of another schema version."""
 
 
+class OutputError(SeerError):
+    """An output cannot be written where asked: the disk is full or read-only, permission is denied,
+    another process is writing it, or something that is not seer's is in the way."""
+
+
 class BackendUnavailable(SeerError):
     """The requested backend cannot run here (package not installed, no GPU...)."""
 

@@ -118,6 +118,33 @@ def test_model_dir_that_is_not_flux(tmp_path):
     _one_line_error(*run([tmp_path / "m", "--out", tmp_path / "e"], main=export_main), "FLUX")
 
 
+@pytest.mark.parametrize("index,needles", [
+    ("{not json", ["model_index.json is not valid JSON", "save_pretrained"]),
+    ("\udcff", ["model_index.json is not valid JSON"]),
+    ("[]", ["does not name its pipeline class"]),
+    ("null", ["does not name its pipeline class"]),
+    ("{}", ["does not name its pipeline class"]),
+    ('{"_class_name": 3}', ["does not name its pipeline class"]),
+    ('{"_class_name": "FluxPipeline", "transformer": null}', ["names no text_encoder", "complete FLUX pipeline"]),
+])
+def test_model_dir_with_a_malformed_model_index(tmp_path, index, needles):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_bytes(index.encode("utf-8", "surrogateescape"))
+    _one_line_error(*run([tmp_path / "m", "--out", tmp_path / "e"], main=export_main), *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("length,needles", [
+    (0, ["--max-sequence-length must be at least 1 (got 0)"]),
+    (-5, ["--max-sequence-length must be at least 1 (got -5)"]),
+    (17, ["--max-sequence-length 17 is more than the 16 T5 tokens", "choose 1 to 16"]),  # flux-tiny's tokenizer
+])
+def test_max_sequence_length_out_of_range(tmp_path, length, needles):
+    _one_line_error(*run(["flux-tiny", "--out", tmp_path / "e", "--max-sequence-length", length], main=export_main),
+                    *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_output_is_not_overwritten(engine_modules):
     _one_line_error(*run(["flux-tiny", "--out", engine_modules], main=export_main), "already exists", "--overwrite")
 
