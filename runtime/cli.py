@@ -39,9 +39,11 @@ from ..cli_common import user_errors
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every file's sha256 against the manifest before loading.")
 @click.option("--json", "as_json", is_flag=True, help="Print timings and the schedule as JSON on stdout.")
+@click.option("--memory-budget", default=None, help="Refuse a request whose estimated memory exceeds this: bytes, or "
+                                                     "with a unit (8GB, 8GiB, 512MB) [default: what is available].")
 @user_errors
 def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
-         schedule_style, no_cache, backend, device, cuda_graphs, verify, as_json):
+         schedule_style, no_cache, backend, device, cuda_graphs, verify, as_json, memory_budget):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
 
     \b
@@ -54,7 +56,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     from .. import __version__
     from .pipeline import Pipeline
 
-    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs)
+    pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
+                         memory_budget=memory_budget)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
         g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
                  interval=interval, order=order, warmup=warmup, final_full=final_full,
@@ -63,6 +66,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
         if cut[0]:
             click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
                        "were truncated and ignored", err=True)
+    for warning in g.warnings:
+        click.echo(f"warning: {warning}", err=True)
     s, d = g.schedule, pipe.manifest["defaults"]["schedule"]
     settings = {"prompt": prompt, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
                 "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,

@@ -24,3 +24,12 @@ class BackendUnavailable(SeerError):
 
 class ModelSourceError(SeerError):
     """The model to export cannot be found or is not a FLUX pipeline."""
+
+
+class NonFiniteError(SeerError):
+    """A request produced NaN or Inf (a guidance scale, a graph, the Taylor factors or the sampler
+    overflowed): refused instead of writing a black image."""
+
+
+class MemoryLimitError(SeerError):
+    """A request would need more memory than is available or than the configured budget allows."""
