@@ -117,7 +117,8 @@ class Pipeline:
         with self._lock:
             self._owner = threading.get_ident()
             try:
-                with self.backend.stream():
+                # numpy's overflow warnings would come before, and say less than, the NonFiniteError
+                with self.backend.stream(), np.errstate(over="ignore", invalid="ignore"):
                     return self._generate(prompt, seed, steps, height, width, guidance_scale, interval, order,
                                           warmup, final_full, schedule_style, no_cache, return_latents, on_step)
             finally:
