@@ -197,7 +197,9 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
                                                    "base_shift", "max_shift", "base_image_seq_len",
                                                    "max_image_seq_len") if k in sched},
             },
-            "latent": {"channels": c, "vae_scale_factor": vae_scale, "packed_channels": shape.in_channels},
+            "latent": {"channels": c, "vae_scale_factor": vae_scale, "packed_channels": shape.in_channels,
+                       # the VAE decoder's widths: the runtime's memory estimate scales with them
+                       "vae_block_out_channels": list(vae_cfg["block_out_channels"])},
             "text": text,
             "cache": {
                 "granularity": cache,

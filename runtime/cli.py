@@ -44,9 +44,12 @@ from ..cli_common import user_errors
               help="Let --backend torch load the directory's .pt2 programs, which run Python code when loaded: only "
                    "for a directory you exported or pinned with --expect-digest.")
 @click.option("--json", "as_json", is_flag=True, help="Print timings and the schedule as JSON on stdout.")
+@click.option("--memory-budget", default=None, help="Refuse a request whose estimated memory exceeds this: bytes, or "
+                                                     "with a unit (8GB, 8GiB, 512MB) [default: what is available].")
 @user_errors
 def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
-         schedule_style, no_cache, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json):
+         schedule_style, no_cache, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json,
+         memory_budget):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
 
     \b
@@ -69,7 +72,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
         raise UsageError("the prompt is not valid UTF-8 text; pass it in UTF-8 (check the terminal's locale, "
                          "e.g. LANG=C.UTF-8)") from None
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
-                         expect_digest=expect_digest, trust_torch_programs=trust_torch_programs)
+                         expect_digest=expect_digest, trust_torch_programs=trust_torch_programs,
+                         memory_budget=memory_budget)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
         g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
                  interval=interval, order=order, warmup=warmup, final_full=final_full,
@@ -78,6 +82,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
         if cut[0]:
             click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
                        "were truncated and ignored", err=True)
+    for warning in g.warnings:
+        click.echo(f"warning: {warning}", err=True)
     s, d = g.schedule, pipe.manifest["defaults"]["schedule"]
     settings = {"prompt": prompt, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
                 "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,

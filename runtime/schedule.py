@@ -69,6 +69,9 @@ class Schedule:
         disable_cache_after_step: int | None = None,
     ) -> Schedule:
         _check(steps, cache_interval, disable_cache_before_step)
+        if disable_cache_after_step is not None and not 0 <= disable_cache_after_step <= steps:
+            raise UsageError(f"disable_cache_after_step must be between 0 and the number of steps ({steps}), got "
+                             f"{disable_cache_after_step}")
         after = steps if disable_cache_after_step is None else disable_cache_after_step
         full = tuple(
             i < disable_cache_before_step

@@ -34,3 +34,12 @@ class ModelSourceError(SeerError):
 class NotTrusted(SeerError):
     """Loading this part of an engine directory would run code from it, and the caller has not
     said it trusts the directory."""
+
+
+class NonFiniteError(SeerError):
+    """A request produced NaN or Inf (a guidance scale, a graph, the Taylor factors or the sampler
+    overflowed): refused instead of writing a black image."""
+
+
+class MemoryLimitError(SeerError):
+    """A request would need more memory than is available or than the configured budget allows."""

@@ -1,0 +1,81 @@
+"""A request's arguments, checked before anything runs: a wrong type or a value outside its range
+is one `UsageError` naming the argument, not a traceback from deep inside numpy or a graph.
+
+bool is a subclass of int in Python; an integer argument refuses it (`steps=True` is a mistake,
+never a count), and a flag takes only a bool.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+from ..errors import NonFiniteError, UsageError
+
+SEED_LIMIT = 2**32  # the noise generator is seeded with 32 bits, as torch's CPU generator
+GUIDANCE_MAX = 50.0  # x 1000 inside the graphs: 50000 stays below float16's largest value, 65504
+SCHEDULE_STYLES = ("taylorseer", "diffusers")
+
+
+def _integer(name: str, value: Any, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise UsageError(f"{name} must be an int{' or None' if optional else ''}, not {type(value).__name__} "
+                         f"({value!r})")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+        raise UsageError(f"{name} must be True or False, not {type(value).__name__} ({value!r})")
+
+
+def check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup, final_full,
+                schedule_style, no_cache, return_latents, on_step) -> None:
+    """Types first: every range check after this one may compare and do arithmetic safely."""
+    if isinstance(prompt, (list, tuple)):
+        bad = [i for i, p in enumerate(prompt) if not isinstance(p, str)]
+        if bad:
+            raise UsageError(f"prompt must be a string or a list of strings; item {bad[0]} is "
+                             f"{type(prompt[bad[0]]).__name__} ({prompt[bad[0]]!r})")
+    elif not isinstance(prompt, str):
+        raise UsageError(f"prompt must be a string or a list of strings, not {type(prompt).__name__} ({prompt!r})")
+    _integer("seed", seed, optional=False)
+    for name, value in (("steps", steps), ("height", height), ("width", width), ("interval", interval),
+                        ("order", order), ("warmup", warmup)):
+        _integer(name, value)
+    _integer("final_full", final_full, optional=False)
+    if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real)):
+        raise UsageError(f"guidance_scale must be a number or None, not {type(guidance_scale).__name__} "
+                         f"({guidance_scale!r})")
+    if not isinstance(schedule_style, str) or schedule_style not in SCHEDULE_STYLES:
+        raise UsageError(f"schedule_style must be one of {', '.join(SCHEDULE_STYLES)}, not {schedule_style!r}")
+    _flag("no_cache", no_cache)
+    _flag("return_latents", return_latents)
+    if on_step is not None and not callable(on_step):
+        raise UsageError(f"on_step must be a function (step, full, latents) or None, not {type(on_step).__name__}")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"seed {seed} is outside [0, 2**32) = [0, {SEED_LIMIT - 1}]: the noise generator takes "
+                         "32 bits, so larger seeds would repeat images; use a seed in that range")
+
+
+def check_steps(steps: int, limit: int) -> None:
+    if steps > limit:
+        raise UsageError(f"steps must be at most {limit}, the sampler's training timesteps (got {steps}); "
+                         "more steps than that only repeat timesteps")
+
+
+def check_guidance(scale: float) -> None:
+    """The graphs multiply guidance by 1000 in their own dtype: a NaN or Inf, or a value whose product
+    overflows float16, would turn every output into NaN and the image black."""
+    if not math.isfinite(scale) or scale > GUIDANCE_MAX:
+        raise NonFiniteError(f"guidance scale {scale} would make the transformer's outputs non-finite (it is "
+                             f"scaled by 1000 inside the graphs): use a finite scale from 0 to {GUIDANCE_MAX:g}, "
+                             "e.g. --guidance 3.5")
+    if scale < 0:
+        raise UsageError(f"guidance scale {scale} is negative; use a scale from 0 to {GUIDANCE_MAX:g}, "
+                         "e.g. --guidance 3.5")

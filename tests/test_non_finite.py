@@ -1,0 +1,167 @@
+"""NaN and Inf end in one NonFiniteError naming the step and the fix, never a black image."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from seer.errors import NonFiniteError, UsageError
+from seer.runtime import finite
+from seer.runtime.cli import main as run_main
+from seer.runtime.pipeline import Pipeline
+from seer.runtime.sampler import FlowMatchEuler
+from seer.runtime.taylor import TaylorState
+
+# full at 0, 1, 3, 5, 7; forecast at 2, 4, 6
+KW = dict(steps=8, interval=2, warmup=2, order=1, height=64, width=64)
+CLI_KW = ["--steps", "8", "--interval", "2", "--warmup", "2", "--order", "1"]
+
+
+def run_cli(args, out):
+    result = CliRunner().invoke(run_main, [str(a) for a in args] + ["--out", str(out)])
+    return result.exit_code, result.output
+
+
+def assert_cli_refuses(args, out, *needles):
+    code, text = run_cli(args, out)
+    assert code == 2, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text.strip().splitlines()[-1] == errors[0] and "Traceback" not in text, text
+    for n in needles:
+        assert n in errors[0], errors[0]
+    assert not out.exists()
+
+
+def poisoned(src, dst, graph):
+    """A copy of an engine directory with the largest weight of `graph` set to NaN."""
+    shutil.copytree(src, dst)
+    model = onnx.load(dst / f"{graph}.onnx")
+    init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    values = numpy_helper.to_array(init).copy()
+    values[...] = np.nan
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, dst / f"{graph}.onnx")
+    return dst
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e38", "60"])
+def test_guidance_that_would_overflow_is_refused_up_front(engine_guided, tmp_path, value):
+    assert_cli_refuses([engine_guided, "-p", "a red circle", "--guidance", value], tmp_path / "x.png",
+                       f"guidance scale {float(value)}", "from 0 to 50")
+    with pytest.raises(NonFiniteError):
+        Pipeline.load(engine_guided)("a red circle", guidance_scale=float(value), **KW)
+
+
+def test_negative_guidance_is_refused_and_the_documented_range_runs(engine_guided):
+    pipe = Pipeline.load(engine_guided)
+    with pytest.raises(UsageError, match="negative"):
+        pipe("a red circle", guidance_scale=-1.0, **KW)
+    for scale in (0.0, 50.0):
+        assert np.isfinite(pipe("a red circle", guidance_scale=scale, return_latents=True, **KW).latents).all()
+
+
+@pytest.mark.parametrize("graph,step,kind", [("full", 0, "full"), ("forecast", 2, "forecast")])
+def test_a_graph_that_outputs_nan(engine_modules, tmp_path, graph, step, kind):
+    d = poisoned(engine_modules, tmp_path / "engine", graph)
+    with pytest.raises(NonFiniteError, match=f"{'full transformer' if kind == 'full' else 'the forecast'}"):
+        Pipeline.load(d, verify=False)("a red circle", **KW)
+    assert_cli_refuses([d, "-p", "a red circle", "--no-verify", *CLI_KW], tmp_path / "x.png",
+                       f"step {step} of 8 (a {kind} step)")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_non_finite_taylor_factor(engine_modules, tmp_path, monkeypatch, backend):
+    update = TaylorState.update
+
+    def overflowing(self, step, derive=True):
+        update(self, step, derive)
+        if step == 3:
+            self.factors[1][...] = np.inf  # as a first-order factor overflowing its dtype would be
+    monkeypatch.setattr(TaylorState, "update", overflowing)
+    with pytest.raises(NonFiniteError, match=r"step 4 of 8 \(a forecast step\).*--factor-dtype fp32"):
+        Pipeline.load(engine_modules, backend=backend, trust_torch_programs=True)("a red circle", **KW)
+    assert_cli_refuses([engine_modules, "-p", "a red circle", "--backend", backend, "--trust-torch-programs", *CLI_KW], tmp_path / "x.png",
+                       "step 4 of 8 (a forecast step)")
+
+
+def test_a_non_finite_coefficient(engine_modules, tmp_path, monkeypatch):
+    coefficients = TaylorState.coefficients
+    def overflowing(self, step):
+        c = coefficients(self, step)
+        c[-1] = np.inf if step == 6 else c[-1]
+        return c
+    monkeypatch.setattr(TaylorState, "coefficients", overflowing)
+    with pytest.raises(NonFiniteError, match="coefficients are not finite at denoising step 6 of 8"):
+        Pipeline.load(engine_modules)("a red circle", **KW)
+    assert_cli_refuses([engine_modules, "-p", "a red circle", *CLI_KW], tmp_path / "x.png", "coefficients")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_sampler_step_that_overflows(engine_modules, tmp_path, monkeypatch, backend):
+    sigmas = FlowMatchEuler.sigmas
+
+    def huge_last_step(self, steps, n):
+        s = sigmas(self, steps, n)
+        s[-1] = -np.finfo(np.float32).max  # the last dt * prediction is beyond float32
+        return s
+    monkeypatch.setattr(FlowMatchEuler, "sigmas", huge_last_step)
+    with pytest.raises(NonFiniteError, match=r"latents became non-finite .* step 7 of 8 \(a full step\)"):
+        Pipeline.load(engine_modules, backend=backend, trust_torch_programs=True)("a red circle", **KW)
+    assert_cli_refuses([engine_modules, "-p", "a red circle", "--backend", backend, "--trust-torch-programs", *CLI_KW], tmp_path / "x.png",
+                       "sampler", "step 7 of 8")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_non_finite_text_features(engine_modules, monkeypatch, backend):
+    pipe = Pipeline.load(engine_modules, backend=backend, trust_torch_programs=True)
+    encode = pipe._encode
+
+    def nan_t5(prompts):
+        text, pooled, truncated = encode(prompts)
+        text = text.copy() if isinstance(text, np.ndarray) else text.clone()  # torch's are inference tensors
+        text[0, 0, 0] = np.nan  # T5 overflowing in float16 would look like this
+        return text, pooled, truncated
+    monkeypatch.setattr(pipe, "_encode", nan_t5)
+    with pytest.raises(NonFiniteError, match="text encoders"):
+        pipe("a red circle", **KW)
+
+
+def test_the_device_flag_on_torch_tensors_never_reads_the_device_per_step(engine_modules, monkeypatch):
+    """The torch path records each step's verdict on the device; only first_bad reads it."""
+    import torch
+
+    backend = Pipeline.load(engine_modules, backend="torch", trust_torch_programs=True).backend
+    watch = finite.StepWatch(backend, max_steps=10)
+    watch.reset()
+    pred, latents, scratch = torch.zeros(1, 4, 8), torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **k: pytest.fail("a host read inside the loop"))
+    verdicts = []
+    for i in range(6):
+        if i == 2:
+            latents[0, 1, 2] = torch.inf
+        if i == 3:
+            pred[0, 0, 0] = torch.nan
+        verdicts.append(watch.step(i, pred, latents, scratch))
+    monkeypatch.undo()
+    assert verdicts == [None] * 6  # nothing known on the host yet
+    assert watch.first_bad(backend, 6) == (2, finite.LATENTS)
+    watch.reset()
+    for i in range(6):
+        watch.step(i, torch.zeros(1, 4, 8), torch.zeros(1, 4, 8), scratch)
+    assert watch.first_bad(backend, 6) is None
+
+
+def test_the_numpy_check_stops_at_the_first_bad_step(engine_modules):
+    backend = Pipeline.load(engine_modules).backend
+    watch = finite.StepWatch(backend, max_steps=10)
+    pred, latents, scratch = np.zeros((1, 4, 8), np.float32), np.zeros((1, 4, 8), np.float32), np.zeros((1, 4, 8),
+                                                                                                        np.float32)
+    assert watch.step(0, pred, latents, scratch) is None
+    pred[0, 0, 0] = np.nan
+    assert watch.step(1, pred, latents, scratch) == finite.PREDICTION
