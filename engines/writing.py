@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import signals
-from ..atomic import Unsupported, exchange, fsync_path, fsync_tree, open_dir, rename_noreplace, try_lock
+from ..atomic import (Unsupported, exchange, fsync_path, fsync_tree, make_parents, open_dir, rename_noreplace,
+                      try_lock)
 from ..errors import OutputError, UsageError
 from ..oserrors import describe, is_environment_error
 from .manifest import MANIFEST, SCHEMA
@@ -250,15 +251,12 @@ def _target_path(out: str | os.PathLike) -> Path:
 
 
 def _make_parent(target: Path) -> None:
-    ancestor = target.parent
-    while not os.path.lexists(ancestor):
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"cannot create {target}: {ancestor} is not a directory; choose another --out")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        blocker = make_parents(target)
     except OSError as e:
         raise _output_error(e, target) from None
+    if blocker is not None:
+        raise UsageError(f"cannot create {target}: {blocker} is not a directory; choose another --out")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .. import signals
-from ..atomic import write_file_atomically
+from ..atomic import make_parents, write_file_atomically
 from ..errors import OutputError, UsageError
 from ..oserrors import describe
 
@@ -25,15 +25,12 @@ def check_image_path(out: str | os.PathLike) -> Path:
         raise UsageError(f"--out {out} is a directory; give a file name ending in .png")
     if path.exists() and not path.is_file():
         raise UsageError(f"--out {out} is not a regular file; give a file name ending in .png")
-    ancestor = path.parent
-    while not os.path.lexists(ancestor):
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"cannot write {out}: {ancestor} is not a directory; choose another --out")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        blocker = make_parents(path)
     except OSError as e:
         raise OutputError(describe(e, f"cannot create the folder of {out}")) from None
+    if blocker is not None:
+        raise UsageError(f"cannot write {out}: {blocker} is not a directory; choose another --out")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         read_only = os.statvfs(path.parent).f_flag & os.ST_RDONLY if hasattr(os, "statvfs") else False
         reason = "it is on a read-only file system" if read_only else "no permission to write in it"

@@ -67,6 +67,23 @@ def main() -> None:
         print(f"| {d} | {size} | up-front checks alone | {upfront_us / 1e3:.3f} | | |")
         print(f"| {d} | {size} | per-step check alone | | {step_us * args.steps / 1e3:.3f} | {step_us:.1f} |",
               flush=True)
+        # what loading checks: the manifest's schema, consistency and confinement (each file's
+        # sha256, which verification always did, apart), against the whole load
+        from seer.engines.manifest import open_engine_dir
+
+        k = 20
+        t = time.perf_counter()
+        for _ in range(k):
+            open_engine_dir(d, verify=False)
+        checks_ms = (time.perf_counter() - t) / k * 1e3
+        t = time.perf_counter()
+        open_engine_dir(d, verify=True)
+        hashed_ms = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        Pipeline.load(d, backend=args.backend, device=args.device)
+        load_ms = (time.perf_counter() - t) * 1e3
+        print(f"| {d} | {size} | load: manifest checks / with sha256 / whole load | {checks_ms:.1f} / "
+              f"{hashed_ms:.1f} / {load_ms:.1f} | | |", flush=True)
 
 
 if __name__ == "__main__":

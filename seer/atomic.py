@@ -80,6 +80,18 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     _rename2(src, dst, RENAME_NOREPLACE)
 
 
+def make_parents(path: Path) -> Path | None:
+    """Create the missing folders above `path`. Returns the nearest existing ancestor instead, creating
+    nothing, when that ancestor is not a directory (its folders cannot be made); OSErrors propagate."""
+    ancestor = path.parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return ancestor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return None
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file or a directory's entries to the disk, so a rename after it cannot outlive the data
     on a power loss."""

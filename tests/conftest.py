@@ -48,3 +48,13 @@ def engine_guided(tmp_path_factory, guided_model):
     out = tmp_path_factory.mktemp("engines") / "flux-guided"
     export_flux(str(guided_model), out, log=lambda m: None, cache="modules", max_order=1, torch_program=False)
     return out
+
+
+@pytest.fixture()
+def engine_copy(engine_modules, tmp_path):
+    """A copy of the modules directory that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "engine"
+    shutil.copytree(engine_modules, dst)
+    return dst

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from click.testing import CliRunner
 
 from seer.export.cli import main as export_main
-from seer.runtime.cli import main as run_main
 
-
-def run(args, main=run_main, env=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
-    return result.exit_code, result.output
-
-
-@pytest.fixture()
-def engine_copy(engine_modules, tmp_path):
-    dst = tmp_path / "engine"
-    shutil.copytree(engine_modules, dst)
-    return dst
-
-
-def _one_line_error(code, out, *needles):
-    assert code == 2, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in out
-    for n in needles:
-        assert n in line, line
+from cli_contract import one_line_error as _one_line_error, run
 
 
 def test_missing_file(engine_copy):

@@ -17,28 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from seer.errors import EngineDirError, NotTrusted, UsageError
-from seer.runtime.cli import main as run_main
 from seer.runtime.pipeline import Pipeline
 
-
-@pytest.fixture()
-def engine_copy(engine_modules, tmp_path):
-    dst = tmp_path / "engine"
-    shutil.copytree(engine_modules, dst)
-    return dst
-
-
-def run(args):
-    result = CliRunner().invoke(run_main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def one_line_error(code, out, *needles):
-    assert code == 2, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in out, out
-    for n in needles:
-        assert n in line, line
+from cli_contract import one_line_error, run
 
 
 def manifest(d):

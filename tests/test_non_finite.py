@@ -7,33 +7,23 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
 from seer.errors import NonFiniteError, UsageError
 from seer.runtime import finite
-from seer.runtime.cli import main as run_main
 from seer.runtime.pipeline import Pipeline
 from seer.runtime.sampler import FlowMatchEuler
 from seer.runtime.taylor import TaylorState
+
+from cli_contract import one_line_error, run
 
 # full at 0, 1, 3, 5, 7; forecast at 2, 4, 6
 KW = dict(steps=8, interval=2, warmup=2, order=1, height=64, width=64)
 CLI_KW = ["--steps", "8", "--interval", "2", "--warmup", "2", "--order", "1"]
 
 
-def run_cli(args, out):
-    result = CliRunner().invoke(run_main, [str(a) for a in args] + ["--out", str(out)])
-    return result.exit_code, result.output
-
-
 def assert_cli_refuses(args, out, *needles):
-    code, text = run_cli(args, out)
-    assert code == 2, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and text.strip().splitlines()[-1] == errors[0] and "Traceback" not in text, text
-    for n in needles:
-        assert n in errors[0], errors[0]
+    one_line_error(*run([*args, "--out", out]), *needles)
     assert not out.exists()
 
 

@@ -25,19 +25,12 @@ from seer.engines.writing import claiming_engine_dir, sweep_leftovers, writing_e
 from seer.errors import OutputError
 from seer.export.cli import main as export_main
 
+from cli_contract import one_line_error as _one_line_error
+
 
 def export_cli(args, env=None):
     result = CliRunner().invoke(export_main, [str(a) for a in args], env=env)
     return result.exit_code, result.output
-
-
-def _one_line_error(code, out, *needles):
-    assert code == 2, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in out, out
-    for n in needles:
-        assert n in line, line
-    return line
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

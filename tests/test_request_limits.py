@@ -9,27 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from seer.errors import MemoryLimitError, UsageError
 from seer.runtime import memory
-from seer.runtime.cli import main as run_main
 from seer.runtime.pipeline import Pipeline, graph_dtypes
 
+from cli_contract import one_line_error as one_error_line, run as run_cli
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def run_cli(args):
-    result = CliRunner().invoke(run_main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def one_error_line(code, out, *needles):
-    assert code == 2, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in out, out
-    for n in needles:
-        assert n in line, line
 
 
 def test_the_estimate_is_the_documented_formula(engine_modules):

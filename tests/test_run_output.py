@@ -10,24 +10,9 @@ import signal
 import time
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from seer.runtime.cli import main as run_main
-
-
-def run(args):
-    result = CliRunner().invoke(run_main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def _one_line_error(code, out, *needles):
-    assert code == 2, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in out, out
-    for n in needles:
-        assert n in line, line
-    return line
+from cli_contract import one_line_error as _one_line_error, run
 
 
 @pytest.fixture()
