@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,7 +60,8 @@ def read_manifest_digest(directory: str | os.PathLike) -> str:
     return manifest_digest((Path(directory) / MANIFEST).read_bytes())
 
 
-def read_manifest(directory: str | os.PathLike, verify: bool = True, expect_digest: str | None = None) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike, verify: bool = True,
+                  expect_digest: str | None = None) -> dict[str, Any]:
     """Load and check a manifest (see `open_engine_dir`)."""
     return open_engine_dir(directory, verify, expect_digest)[0]
 
@@ -85,22 +87,25 @@ def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
     data = _read_regular(directory, MANIFEST, MAX_MANIFEST_BYTES)
     digest = manifest_digest(data)
     if expect_digest is not None:
-        want = expect_digest.strip().lower()
+        want = expect_digest.strip().lower() if isinstance(expect_digest, str) else ""
         want = want if want.startswith("sha256:") else f"sha256:{want}"
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", want):
+            raise UsageError(f"expected digest {str(expect_digest)[:80]!r} is not a digest: give the sha256:<64 hex "
+                             "digits> seer-export printed")
         if want != digest:
             raise EngineDirError(
                 f"{directory} has manifest digest {digest}, not the expected {want}: it is not the directory that "
                 "was pinned (re-exported, rebuilt or altered); pin the new digest only after testing that directory")
     path = directory / MANIFEST
     try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise EngineDirError(f"{path} is not valid JSON ({e}); re-export the engine directory") from None
+        manifest = json.loads(data.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, NaN/Infinity, a key twice, a 5000-digit number
+        raise EngineDirError(f"{path} is not valid JSON ({str(e)[:200]}); re-export the engine directory") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         schema = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
         raise EngineDirError(f"{path} is not a seer manifest (schema {schema!r}); pass a directory seer-export wrote")
     version = manifest.get("schema_version")
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
+    if type(version) is not int or version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         fix = "upgrade seer" if newer else "re-export it with this version of seer-export"
         raise EngineDirError(
@@ -125,7 +130,44 @@ def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
                     f"{rel} in {directory} does not match its sha256 in {MANIFEST}; the file was altered or "
                     "corrupted, re-export the directory"
                 )
+    if verify:
+        _external_data(directory, manifest, path)
     return manifest, digest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice is refused: readers in other languages may keep the other one."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice in one object")
+    return out
+
+
+def _external_data(directory: Path, manifest: dict[str, Any], path: Path) -> None:
+    """Every file a graph reads its weights from (ONNX external data) is listed in `files`, so it is
+    verified and pinned like the graph: otherwise an unlisted file could change what a pinned
+    directory computes. (ONNX Runtime itself refuses external data outside the graph's folder.)"""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    for name, g in manifest["graphs"].items():
+        try:
+            model = onnx.load(str(directory / g["onnx"]), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 (any parse failure of an untrusted file is the same problem)
+            raise EngineDirError(f"{g['onnx']} in {directory} is not an ONNX graph ({' '.join(str(e).split())[:120]}); "
+                                 "re-export the engine directory") from None
+        for tensor in _get_all_tensors(model):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = ExternalDataInfo(tensor).location
+                if location not in manifest["files"]:
+                    raise EngineDirError(f"{path}: the {name} graph reads weights from {location!r}, which `files` "
+                                         "does not list, so they cannot be verified; re-export the engine directory")
 
 
 @contextlib.contextmanager

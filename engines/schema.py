@@ -22,7 +22,10 @@ def _validator():
     import jsonschema
 
     schema = json.loads(SCHEMA_FILE.read_text())
-    return jsonschema.Draft202012Validator(schema)
+    # JSON Schema counts 64.0 as an integer; a reader that sizes buffers or loops with it must not
+    base = jsonschema.Draft202012Validator
+    strict = base.TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    return jsonschema.validators.extend(base, type_checker=strict)(schema)
 
 
 def validate(manifest: Any, where: str) -> None:

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,9 +269,19 @@ def _target_lock(target: Path) -> Iterator[None]:
     path = lock_path(target)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            # never through a symlink, never a FIFO or device: in a shared folder another user could
+            # plant either at this name to have the export truncate or block on their target
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as e:
+            if e.errno == errno.ELOOP or os.path.islink(path):
+                raise OutputError(f"{path} is a symbolic link, not seer's lock file; remove it (or choose another "
+                                  "--out)") from None
             raise _output_error(e, target, what=f"cannot write in {target.parent}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{path} is not a regular file, so not seer's lock file; remove it (or choose another "
+                              "--out)")
         held = try_lock(fd)
         if held is False:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its pid unknown"

@@ -77,7 +77,8 @@ def export_flux(
     if cache not in GRANULARITIES:
         raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
     if not 0 <= max_order <= MAX_ORDER_LIMIT:
-        raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order})")
+        raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order}); "
+                         "1 or 2 is what TaylorSeer uses")
     if max_sequence_length is not None and max_sequence_length < 1:
         raise UsageError(f"--max-sequence-length must be at least 1 (got {max_sequence_length})")
     prompts = fp8.prompts(model) if fp8 is not None and fp8.calibration is None else None  # bad input fails early

@@ -31,6 +31,9 @@ def _flag(name: str, value: Any) -> None:
         raise UsageError(f"{name} must be True or False, not {type(value).__name__} ({value!r})")
 
 
+MAX_PROMPT_CHARS = 100_000  # T5 reads 512 tokens (a few thousand characters)
+
+
 def check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup, final_full,
                 schedule_style, no_cache, return_latents, on_step) -> None:
     """Types first: every range check after this one may compare and do arithmetic safely."""
@@ -41,6 +44,15 @@ def check_types(prompt, seed, steps, height, width, guidance_scale, interval, or
                              f"{type(prompt[bad[0]]).__name__} ({prompt[bad[0]]!r})")
     elif not isinstance(prompt, str):
         raise UsageError(f"prompt must be a string or a list of strings, not {type(prompt).__name__} ({prompt!r})")
+    for p in [prompt] if isinstance(prompt, str) else prompt:
+        if len(p) > MAX_PROMPT_CHARS:  # tokenized whole (to count what is cut), inside the request lock
+            raise UsageError(f"a prompt of {len(p)} characters is far beyond what the text encoders read; "
+                             f"give at most {MAX_PROMPT_CHARS}")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the prompt is not valid Unicode text (it holds a lone surrogate, e.g. from bytes "
+                             "decoded with surrogateescape); pass it as UTF-8 text") from None
     _integer("seed", seed, optional=False)
     for name, value in (("steps", steps), ("height", height), ("width", width), ("interval", interval),
                         ("order", order), ("warmup", warmup)):

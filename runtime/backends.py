@@ -163,10 +163,10 @@ class OnnxRuntimeBackend(Backend):
         # cached runs; without spinning, a graph runs as fast as it does alone. (ONNX Runtime's global
         # thread pool fixes it too, but is a process-wide choice that belongs to the embedding service.)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions = {
-            name: ort.InferenceSession(str(directory / g["onnx"]), opts, providers=providers)
-            for name, g in manifest["graphs"].items()
-        }
+        self.sessions = {}
+        for name, g in manifest["graphs"].items():
+            with _ort_errors(f"load the {name} graph ({g['onnx']})"):
+                self.sessions[name] = ort.InferenceSession(str(directory / g["onnx"]), opts, providers=providers)
         for name, sess in self.sessions.items():
             check_interface(name, manifest["graphs"][name], sess.get_inputs(), sess.get_outputs())
         self._cuda = device != "cpu"
@@ -191,13 +191,16 @@ class OnnxRuntimeBackend(Backend):
             # Once-per-request graphs (text encoders, VAE): plain run, results moved to the device.
             names = [o.name for o in sess.get_outputs()]
             host = {k: v if isinstance(v, np.ndarray) else self.numpy(v) for k, v in inputs.items()}
-            return {n: self.asarray(r) for n, r in zip(names, sess.run(names, host))}
+            with _ort_errors(f"run the {graph} graph"):
+                results = sess.run(names, host)
+            return {n: self.asarray(r) for n, r in zip(names, results)}
         binding = sess.io_binding()
         for name, a in inputs.items():
             self._bind(binding.bind_input, name, a)
         for name, a in outputs.items():
             self._bind(binding.bind_output, name, a)
-        sess.run_with_iobinding(binding)
+        with _ort_errors(f"run the {graph} graph"):
+            sess.run_with_iobinding(binding)
         return outputs
 
     def _bind(self, bind, name, a):
@@ -287,8 +290,8 @@ def check_interface(graph: str, spec: dict, inputs, outputs) -> None:
                 problem = f"declares {kind} {t['name']!r}, which the graph does not have"
             elif _ORT_TYPES.get(a.type, a.type) != t["dtype"]:
                 problem = f"declares {kind} {t['name']!r} as {t['dtype']}, the graph has {_ORT_TYPES.get(a.type, a.type)}"
-            elif len(a.shape) != len(t["shape"]) or any(
-                    isinstance(d, int) and isinstance(g, int) and d != g for d, g in zip(t["shape"], a.shape)):
+            elif len(a.shape) != len(t["shape"]) or any(  # a size fixed in the graph is fixed in the manifest
+                    isinstance(g, int) and d != g for d, g in zip(t["shape"], a.shape)):
                 problem = f"declares {kind} {t['name']!r} with shape {t['shape']}, the graph has {list(a.shape)}"
             if problem:
                 raise EngineDirError(f"the manifest's {graph} graph {problem}; the manifest does not describe its "
@@ -296,6 +299,20 @@ def check_interface(graph: str, spec: dict, inputs, outputs) -> None:
         if have:
             raise EngineDirError(f"the {graph} graph has {kind}(s) {sorted(have)} the manifest does not declare; "
                                  "re-export the engine directory")
+
+
+@contextlib.contextmanager
+def _ort_errors(what: str) -> Iterator[None]:
+    """ONNX Runtime's own errors (a graph that is not a graph, a shape or index it rejects) as one line:
+    the manifest and its checks passed, so the graphs do not match the manifest or are damaged."""
+    try:
+        yield
+    except Exception as e:  # ONNX Runtime's error classes derive from Exception directly
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        detail = " ".join(str(e).split())[:240]
+        raise EngineDirError(f"ONNX Runtime could not {what}: {detail}; the engine directory's graphs do not match "
+                             "its manifest or are damaged, re-export it") from None
 
 
 def _import_torch(why: str):

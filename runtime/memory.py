@@ -104,8 +104,9 @@ def parse_bytes(value: int | str | None) -> int | None:
     units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(value).lower())
-    if isinstance(value, str) and m and m.group(2) in units and float(m.group(1)) * units[m.group(2)] >= 1:
-        return int(float(m.group(1)) * units[m.group(2)])
+    amount = float(m.group(1)) * units[m.group(2)] if isinstance(value, str) and m and m.group(2) in units else 0
+    if 1 <= amount < float("inf"):
+        return int(amount)
     raise UsageError(f"memory budget {value!r} is not an amount of memory; give bytes or a number with a unit, "
                      "e.g. 8GB, 8GiB or 512MB")
 

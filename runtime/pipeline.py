@@ -97,7 +97,8 @@ class Pipeline:
             return Schedule.taylorseer(steps, interval, warmup, final_full)
         if style == "diffusers":
             if not 0 <= final_full <= steps:  # it becomes the step the cache stops at, which takes any value
-                raise UsageError(f"final full steps must be between 0 and {steps} (got {final_full})")
+                raise UsageError(f"final full steps must be between 0 and {steps} (got {final_full}); "
+                                 "pass --final-full in that range")
             return Schedule.diffusers(steps, interval, warmup, steps - final_full if final_full else None)
         raise UsageError(f"unknown schedule style {style!r}; choose taylorseer or diffusers")
 

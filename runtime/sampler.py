@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import NonFiniteError
 from .precision import round_to
 
 
@@ -40,7 +41,12 @@ class FlowMatchEuler:
         """steps + 1 sigmas, the last one 0 (float32)."""
         s = np.linspace(1.0, 1 / steps, steps).astype(np.float32)
         if self.use_dynamic_shifting:
-            e = math.exp(self.mu(image_seq_len))
+            try:
+                e = math.exp(self.mu(image_seq_len))
+            except OverflowError:
+                raise NonFiniteError(f"the sampler's time shift overflows at {image_seq_len} image tokens (mu "
+                                     f"{self.mu(image_seq_len):.3g} from the manifest's sampler values); the "
+                                     "directory's sampler settings are damaged, re-export it") from None
             s = e / (e + (1 / s - 1))
         else:
             s = self.shift * s / (1 + (self.shift - 1) * s)

@@ -84,7 +84,7 @@ class Schedule:
 
 def _check_steps(steps: int) -> None:
     if steps < 1:
-        raise UsageError(f"steps must be at least 1 (got {steps})")
+        raise UsageError(f"steps must be at least 1 (got {steps}); FLUX.1-dev uses 28 to 50")
 
 
 def _check(steps: int, interval: int, warmup: int) -> None:
@@ -100,4 +100,5 @@ def _check(steps: int, interval: int, warmup: int) -> None:
 
 def _check_final(final_full: int, steps: int) -> None:
     if final_full < 0 or final_full > steps:
-        raise UsageError(f"final full steps must be between 0 and {steps} (got {final_full})")
+        raise UsageError(f"final full steps must be between 0 and {steps} (got {final_full}); "
+                         "pass --final-full in that range")

@@ -25,6 +25,9 @@ class PromptTokenizer:
             self.tok = Tokenizer.from_file(str(path))
         except Exception as e:  # a corrupt file; sha256 verification normally catches this first
             raise EngineDirError(f"cannot read tokenizer {path.name}: {e}; re-export the engine directory") from None
+        if pad_id >= self.tok.get_vocab_size():
+            raise EngineDirError(f"{path.name}: pad_id {pad_id} is outside the tokenizer's vocabulary of "
+                                 f"{self.tok.get_vocab_size()}; re-export the engine directory")
         self.max_length = max_length
         self.tok.no_padding()
         self.tok.no_truncation()
@@ -33,6 +36,12 @@ class PromptTokenizer:
         self.padded.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
 
     def __call__(self, prompts: list[str]) -> Tokenized:
-        ids = np.array([e.ids for e in self.padded.encode_batch(prompts)], dtype=np.int64)
-        lengths = [len(e.ids) for e in self.tok.encode_batch(prompts)]
+        try:
+            ids = np.array([e.ids for e in self.padded.encode_batch(prompts)], dtype=np.int64)
+            lengths = [len(e.ids) for e in self.tok.encode_batch(prompts)]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 (the Rust side panics with a BaseException)
+            raise EngineDirError(f"the directory's tokenizer failed on this prompt ({str(e)[:120]}); the tokenizer "
+                                 "file is not a working one, re-export the engine directory") from None
         return Tokenized(ids, [max(0, n - self.max_length) for n in lengths])

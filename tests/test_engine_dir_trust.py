@@ -188,6 +188,28 @@ def test_the_digest_pins_the_manifest(engine_copy, tmp_path):
         Pipeline.load(engine_copy, expect_digest=digest)  # ...but not the pinned one
 
 
+@pytest.mark.parametrize("digest", ["", "sha256:", "abc", 5])
+def test_a_pin_must_be_a_digest(engine_copy, digest):
+    with pytest.raises(UsageError, match="is not a digest"):
+        Pipeline.load(engine_copy, expect_digest=digest)
+
+
+def test_weights_in_an_unlisted_file_are_refused(engine_copy):
+    """A graph that keeps its weights in a file `files` does not list: a pinned directory could then
+    compute something else with the same digest."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    m = manifest(engine_copy)
+    model = onnx.load(engine_copy / "clip.onnx")
+    convert_model_to_external_data(model, location="w.bin")  # the weights over 1 kB
+    onnx.save(model, engine_copy / "clip.onnx")
+    rewrite(engine_copy, m, rehash=["clip.onnx"])  # clip.onnx verified; w.bin not listed
+    one_line_error(*run([engine_copy, "-p", "x"]), "'w.bin'", "does not list", "re-export")
+    rewrite(engine_copy, m, rehash=["clip.onnx", "w.bin"])  # listed: verified and pinned, and it runs
+    Pipeline.load(engine_copy)
+
+
 def test_a_pin_needs_verification(engine_copy):
     with pytest.raises(UsageError, match="--no-verify"):
         Pipeline.load(engine_copy, verify=False, expect_digest="sha256:" + "0" * 64)
@@ -247,6 +269,19 @@ BAD_VALUES = [  # (key, value, what the error line names)
     ("text.t5.max_length", 17, "graphs.t5.inputs input_ids"),
     ("model.config.guidance", True, "graphs.full"),
     ("defaults.schedule.order", 2, None),  # fine: max_order is 2
+    # whole-number floats are not integers to a reader that sizes buffers with them
+    ("cache.max_order", 2.0, "cache.max_order"),
+    ("defaults.height", 64.0, "defaults.height"),
+    ("text.t5.pad_id", 0.0, "text.t5.pad_id"),
+    ("schema_version", 3.0, "schema v3.0"),
+    ("graphs.clip.onnx", "clip.onnx\n", "graphs.clip.onnx"),
+    # values within their ranges that the graphs or tokenizers cannot take
+    ("text.t5.pad_id", 10**7, "outside the tokenizer's vocabulary"),
+    ("graphs.t5.inputs.0.shape", ["B", "L"], "'input_ids' with shape ['B', 'L']"),
+    ("graphs.clip.onnx", "tokenizers/clip.json", "not an ONNX graph"),
+    ("sampler", {"type": "flow_match_euler", "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
+                 "base_shift": -100, "max_shift": 100, "base_image_seq_len": 1, "max_image_seq_len": 2},
+     "time shift overflows"),
 ]
 
 
@@ -262,7 +297,8 @@ def test_manifest_values_are_validated_before_use(engine_copy, key, value, needl
         one_line_error(code, out, needle, "re-export")
 
 
-@pytest.mark.parametrize("text", ["[]", "null", '"seer"', "{}", "\u00ff\u00fe{", "{" * 100000])
+@pytest.mark.parametrize("text", ["[]", "null", '"seer"', "{}", "\u00ff\u00fe{", "{" * 100000, '{"a": NaN}',
+                                  '{"schema": "seer.engine-dir", "schema": "x"}', '{"a": ' + "9" * 5000 + "}"])
 def test_malformed_manifests(engine_copy, text):
     (engine_copy / "manifest.json").write_bytes(text.encode("latin-1"))
     one_line_error(*run([engine_copy, "-p", "x"]), "manifest.json")

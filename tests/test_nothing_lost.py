@@ -465,3 +465,19 @@ def test_user_errors_reports_the_machines_state_in_one_line_and_bugs_with_a_trac
     else:
         assert result.output.strip() == line
 
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_lock_file_planted_by_someone_else_is_refused_and_its_target_kept(tmp_path, plant):
+    """In a shared folder another user could put a symlink (or a FIFO) at the lock's name: the export
+    must neither truncate what it points to nor block."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important data")
+    lock = tmp_path / ".e.lock"
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(OutputError, match="lock file"):
+        made(tmp_path / "e", "new")
+    assert victim.read_text() == "important data" and not (tmp_path / "e").exists()

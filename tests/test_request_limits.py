@@ -80,7 +80,7 @@ def test_budget_units(value, expected):
     assert memory.parse_bytes(value) == expected
 
 
-@pytest.mark.parametrize("value", ["8 apples", "-1GB", "0", 0, True, "GB"])
+@pytest.mark.parametrize("value", ["8 apples", "-1GB", "0", 0, True, "GB", "1e999", "1e400GB"])
 def test_bad_budgets(value):
     with pytest.raises(UsageError, match="not an amount of memory"):
         memory.parse_bytes(value)
@@ -94,6 +94,8 @@ def test_a_side_beyond_the_exported_graphs_is_refused(engine_modules):
 @pytest.mark.parametrize("kwargs,needles", [
     (dict(prompt=123), ["prompt must be a string or a list of strings", "int"]),
     (dict(prompt=["a red circle", None]), ["item 1 is NoneType"]),
+    (dict(prompt="a red circle \udcff"), ["not valid Unicode"]),  # what json.loads makes of a lone surrogate
+    (dict(prompt="a" * 100_001), ["100001 characters", "at most 100000"]),
     (dict(seed="a"), ["seed must be an int", "str"]),
     (dict(seed=1.0), ["seed must be an int", "float"]),
     (dict(steps=2.5), ["steps must be an int or None", "float"]),
