@@ -8,6 +8,7 @@ never a count), and a flag takes only a bool.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 from typing import Any
 
@@ -29,6 +30,19 @@ def _integer(name: str, value: Any, optional: bool = True) -> None:
 def _flag(name: str, value: Any) -> None:
     if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
         raise UsageError(f"{name} must be True or False, not {type(value).__name__} ({value!r})")
+
+
+def check_load(engine_dir, backend, device, verify, cuda_graphs, expect_digest, trust_torch_programs) -> None:
+    """Pipeline.load's arguments, by type (the values are checked where they are used)."""
+    if not isinstance(engine_dir, (str, os.PathLike)):
+        raise UsageError(f"engine_dir must be a path (str or os.PathLike), not {type(engine_dir).__name__}")
+    for name, value in (("backend", backend), ("device", device)):
+        if not isinstance(value, str):
+            raise UsageError(f"{name} must be a string, not {type(value).__name__} ({value!r})")
+    if expect_digest is not None and not isinstance(expect_digest, str):
+        raise UsageError(f"expect_digest must be a 'sha256:...' string or None, not {type(expect_digest).__name__}")
+    for name, value in (("verify", verify), ("cuda_graphs", cuda_graphs), ("trust_torch_programs", trust_torch_programs)):
+        _flag(name, value)
 
 
 MAX_PROMPT_CHARS = 100_000  # T5 reads 512 tokens (a few thousand characters)

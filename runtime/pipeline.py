@@ -71,6 +71,7 @@ class Pipeline:
         `cuda_graphs`: capture the two transformer paths as CUDA graphs (torch or tensorrt on cuda).
         `memory_budget`: bytes (or "8GB", "8GiB") a request may take; larger requests are refused
         up front, as are requests that do not fit the memory available (docs/production.md)."""
+        arguments.check_load(engine_dir, backend, device, verify, cuda_graphs, expect_digest, trust_torch_programs)
         budget = memory.parse_bytes(memory_budget)
         directory = Path(engine_dir)
         manifest, digest = open_engine_dir(directory, verify=verify, expect_digest=expect_digest)
@@ -230,7 +231,7 @@ class Pipeline:
 
         t2 = time.perf_counter()
         final = self.backend.numpy(latents).astype(np.float32)
-        images = self._decode(unpack(final, rows, cols))
+        images = self._decode(unpack(final, rows, cols), (height, width))
         timings["decode"] = time.perf_counter() - t2
         if self.backend.name == "onnxruntime":  # its arenas keep what this request grew them to
             self._held["arenas"] = max(self._held["arenas"], need.transformer + need.decoder)
@@ -302,11 +303,15 @@ class Pipeline:
             }
         return self._buffers[key]
 
-    def _decode(self, latents: np.ndarray) -> list:
+    def _decode(self, latents: np.ndarray, expected: tuple[int, int]) -> list:
         from PIL import Image
 
         image = self.backend.run("vae_decoder", {"latents": self.backend.asarray(latents, self.dtypes["vae"])})["image"]
         image = self.backend.numpy(image).astype(np.float32)
+        if image.shape[0] != latents.shape[0] or image.shape[2:] != expected:
+            raise EngineDirError(f"the VAE decoder made {'x'.join(map(str, image.shape[2:]))} images for a "
+                                 f"{'x'.join(map(str, expected))} request: the manifest's latent.vae_scale_factor does "
+                                 "not describe its decoder; re-export the engine directory")
         if self.check_finite and not np.isfinite(image).all():
             raise NonFiniteError("the VAE decoder's output is not finite (NaN or Inf) although the latents were: "
                                  "its graph is damaged or overflows; re-export the directory")

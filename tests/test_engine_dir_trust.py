@@ -188,7 +188,7 @@ def test_the_digest_pins_the_manifest(engine_copy, tmp_path):
         Pipeline.load(engine_copy, expect_digest=digest)  # ...but not the pinned one
 
 
-@pytest.mark.parametrize("digest", ["", "sha256:", "abc", 5])
+@pytest.mark.parametrize("digest", ["", "sha256:", "abc", "sha256:" + "g" * 64])
 def test_a_pin_must_be_a_digest(engine_copy, digest):
     with pytest.raises(UsageError, match="is not a digest"):
         Pipeline.load(engine_copy, expect_digest=digest)
@@ -279,6 +279,7 @@ BAD_VALUES = [  # (key, value, what the error line names)
     ("text.t5.pad_id", 10**7, "outside the tokenizer's vocabulary"),
     ("graphs.t5.inputs.0.shape", ["B", "L"], "'input_ids' with shape ['B', 'L']"),
     ("graphs.clip.onnx", "tokenizers/clip.json", "not an ONNX graph"),
+    ("latent.vae_scale_factor", 4, "does not describe its decoder"),  # a 64x64 request would be 128x128
     ("sampler", {"type": "flow_match_euler", "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
                  "base_shift": -100, "max_shift": 100, "base_image_seq_len": 1, "max_image_seq_len": 2},
      "time shift overflows"),

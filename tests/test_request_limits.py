@@ -86,6 +86,16 @@ def test_bad_budgets(value):
         memory.parse_bytes(value)
 
 
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(engine_dir=123), "engine_dir must be a path"), (dict(engine_dir=None), "engine_dir must be a path"),
+    (dict(device=None), "device must be a string"), (dict(backend=1), "backend must be a string"),
+    (dict(expect_digest=5), "expect_digest must be"), (dict(verify="yes"), "verify must be True or False"),
+])
+def test_wrong_types_to_load_name_the_argument(engine_modules, kwargs, needle):
+    with pytest.raises(UsageError, match=needle):
+        Pipeline.load(**{"engine_dir": engine_modules, **kwargs})
+
+
 def test_a_side_beyond_the_exported_graphs_is_refused(engine_modules):
     one_error_line(*run_cli([engine_modules, "-p", "x", "--height", "100000", "--width", "64"]),
                    "height 100000", "16384")
