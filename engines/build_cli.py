@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import command, user_errors
 from ..errors import UsageError
 
 
@@ -34,7 +34,7 @@ def _int(text: str) -> int:
         raise UsageError(f"cannot read batch {text!r}: write a number or MIN:OPT:MAX, e.g. 1:1:4") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("engine_dir", type=click.Path())
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Write a new directory instead of adding the plans to ENGINE_DIR.")

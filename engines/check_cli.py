@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import command, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option("--compare", is_flag=True,

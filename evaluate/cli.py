@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import command, user_errors
 from ..errors import UsageError
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("engine_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--schedule", "-s", "schedules", multiple=True, default=("none", "6/1/3"), show_default=True,
               help="'none' (every step full) or INTERVAL/ORDER/WARMUP[/FINAL_FULL]; repeat for more rows.")
@@ -57,7 +57,7 @@ def main(engine_dirs, schedules, count, prompt_file, seeds, steps, backend, devi
         click.echo(f"wrote {json_path}", err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("engine_dirs", nargs=-1, type=click.Path())
 @click.option("--size", type=click.Choice(["tiny", "mid", "flux-slim", "flux"]), default=None,
               help="Build (once, under --work) and measure a model of this size instead of ENGINE_DIRS: tiny is "

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import command, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("model")
 @click.option("--out", "-o", required=True, type=click.Path(),  # checked by seer itself: one error line
               help="Engine directory to create (written atomically).")

@@ -8,10 +8,10 @@ import sys
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import command, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command()
 @click.argument("engine_dir", type=click.Path())
 @click.option("--prompt", "-p", required=True, help="What to draw.")
 @click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(),  # checked before generating

@@ -180,3 +180,17 @@ def test_manifest_with_a_buffer_dtype_seer_does_not_bind(engine_copy, dtype):
     spec["dtype"] = dtype
     (engine_copy / "manifest.json").write_text(json.dumps(m))
     _one_line_error(*run([engine_copy, "-p", "x", "--no-verify"]), "factor_0", "re-export")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--steps", "abc"], ["'--steps'", "not a valid integer", "--help"]),
+    (["--bogus"], ["No such option '--bogus'", "--help"]),
+    (["--backend", "cuda"], ["'--backend'", "--help"]),
+])
+def test_usage_errors_are_one_line_too(engine_modules, args, needles):
+    _one_line_error(*run([engine_modules, "-p", "x", *args]), *needles)
+
+
+def test_a_missing_argument_is_one_line(tmp_path):
+    _one_line_error(*run(["--out", tmp_path / "e"], main=export_main), "Missing argument 'MODEL'",
+                    "--help")
