@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import UsageError
 from . import harness
-from .probe import peak_rss_mib
+from .peak import peak_rss_mib
 
 FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 Progress = Callable[[str], None]

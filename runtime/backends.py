@@ -16,9 +16,6 @@ import numpy as np
 
 from ..errors import BackendUnavailable, EngineDirError, NotTrusted
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-
-
 class Backend:
     name = ""
 
@@ -59,21 +56,6 @@ class Backend:
     def stream(self) -> Iterator[None]:
         """The context a request runs in: the GPU backends put all its work on their own stream."""
         yield
-
-
-def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu",
-                   cuda_graphs: bool = False, trust_torch_programs: bool = False) -> Backend:
-    if cuda_graphs and (name == "onnxruntime" or not device.startswith("cuda")):
-        raise BackendUnavailable("CUDA graphs need --device cuda and --backend torch or tensorrt")
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(directory, manifest, device)
-    if name == "torch":
-        return TorchBackend(directory, manifest, device, cuda_graphs, trust_torch_programs)
-    if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(directory, manifest, device, cuda_graphs)
-    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class GpuBackend(Backend):

@@ -15,7 +15,8 @@ import numpy as np
 from ..engines.manifest import open_engine_dir
 from ..errors import EngineDirError, NonFiniteError, UsageError
 from . import arguments, memory
-from .backends import Backend, create_backend
+from .backends import Backend
+from .choose_backend import create_backend
 from .finite import StepWatch, coefficient_error, conditioning_error, sigma_error, step_error
 from .noise import randn
 from .precision import DTYPES

@@ -14,6 +14,8 @@ from seer.calib import fp8
 from seer.engines.tensorrt_build import check_fp8_device
 from seer.errors import UsageError
 
+from fp8_graphs import layers
+
 STEPS, SIZE = 12, 4  # a short calibration keeps the test quick; the schedule is the default 6/1/3
 
 
@@ -44,23 +46,16 @@ def test_fp8_graph_quantizes_exactly_the_intended_layers(engine_fp8):
     manifest = json.loads((engine_fp8 / "manifest.json").read_text())
     model = onnx.load(str(engine_fp8 / "full.onnx"))
     assert max(i.version for i in model.opset_import if i.domain in ("", "ai.onnx")) == 19
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: i for i in model.graph.initializer}
     seen = {}
-    for node in model.graph.node:
-        layer = fp8._linear_module(node, "t.")
-        if layer is None:
-            continue
-        a, w = producers.get(node.input[0]), producers.get(node.input[1])
-        dq = a is not None and a.op_type == "DequantizeLinear" and w is not None and w.op_type == "DequantizeLinear"
+    for layer, e in layers(model).items():
+        dq = "q" in e and e["dq_w"] is not None and e["dq_w"].op_type == "DequantizeLinear"
         seen[layer] = dq
         if dq:
-            assert inits[w.input[0]].data_type == onnx.TensorProto.FLOAT8E4M3FN
-            q = producers[a.input[0]]
-            assert q.op_type == "QuantizeLinear" and inits[q.input[2]].data_type == onnx.TensorProto.FLOAT8E4M3FN
+            assert e["weight_fp8"].data_type == onnx.TensorProto.FLOAT8E4M3FN
+            assert e["q"].op_type == "QuantizeLinear" and e["zero"].data_type == onnx.TensorProto.FLOAT8E4M3FN
             # activation scale = calibrated max / 448 (hand-derived from the E4M3 range)
             amax = json.loads((engine_fp8 / "calibration/fp8.json").read_text())["amax"][layer]
-            scale = float(onnx.numpy_helper.to_array(inits[q.input[1]]))
+            scale = float(onnx.numpy_helper.to_array(e["q_scale"]))
             assert scale == pytest.approx(amax / 448, rel=1e-6)
     assert seen and all(quantized == fp8.quantizable(layer) for layer, quantized in seen.items())
     assert sum(seen.values()) == manifest["quantization"]["full"]["quantized"] == 44  # flux-tiny's 2 + 4 blocks

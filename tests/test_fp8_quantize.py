@@ -19,6 +19,8 @@ from onnx import numpy_helper
 
 from seer.calib import fp8
 
+from fp8_graphs import layers
+
 F8 = ml_dtypes.float8_e4m3fn
 DIMS = (16, 24, 40, 12)  # no square weight (its orientation in the graph is unambiguous); FP8 weights > 256 bytes
 LAYERS = ("fc1", "fc2", "fc3")
@@ -112,26 +114,6 @@ def run_ort(path, x: torch.Tensor, outputs=("y",)) -> list[np.ndarray] | np.ndar
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(list(outputs), {"x": x.numpy()})
     return got[0] if tuple(outputs) == ("y",) else got
-
-
-def layers(model: onnx.ModelProto) -> dict[str, dict]:
-    """Per linear layer of the quantized graph: its node, Q/DQ nodes and initializers."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: i for i in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        layer = fp8._linear_module(node, "t.")
-        if layer is None:
-            continue
-        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
-        entry = {"node": node, "dq_x": dq_x, "dq_w": dq_w}
-        if dq_x is not None and dq_x.op_type == "DequantizeLinear":
-            entry["q"] = producers[dq_x.input[0]]
-            entry["input_scale"] = inits[dq_x.input[1]]
-            entry["weight_fp8"], entry["weight_scale"] = inits[dq_w.input[0]], inits[dq_w.input[1]]
-            entry["zero"] = inits[entry["q"].input[2]]
-        out[layer] = entry
-    return out
 
 
 def as_array(t: onnx.TensorProto) -> np.ndarray:
