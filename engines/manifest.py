@@ -20,8 +20,9 @@ from typing import Any, Iterator
 from ..errors import EngineDirError, UsageError
 
 SCHEMA = "seer.engine-dir"
-SCHEMA_VERSION = 3  # 2: v1 plus `quantization` (FP8) and `tensorrt` (plans); 3: per-graph precision
-READABLE_VERSIONS = (1, 2, 3)  # v1 and v2 directories are float32 throughout (no `precision` per graph)
+SCHEMA_VERSION = 4  # 2: v1 plus `quantization` (FP8) and `tensorrt` (plans); 3: per-graph precision;
+# 4: model families (flux, dit): `guidance` kinds, `dims` (the symbols' sizes), `classes`, DDIM samplers
+READABLE_VERSIONS = (1, 2, 3, 4)  # v1 to v3 are FLUX directories, upgraded to v4 when read (`upgrade`)
 MANIFEST = "manifest.json"
 
 
@@ -114,6 +115,7 @@ def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
         )
     from .schema import referenced_files, validate
 
+    manifest = upgrade(manifest)
     validate(manifest, str(path))
     files = manifest["files"]
     for rel, key in referenced_files(manifest).items():
@@ -133,6 +135,22 @@ def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
     if verify:
         _external_data(directory, manifest, path)
     return manifest, digest
+
+
+def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A v1-v3 manifest (FLUX only) in v4's terms: its guidance kind (embedded when the transformer
+    takes a guidance input) and the sizes of its graphs' symbols, which v3 readers derived from FLUX's
+    2x2 packing. Anything malformed is left for the schema to name."""
+    if manifest.get("schema_version") == SCHEMA_VERSION:
+        return manifest
+    try:
+        guidance = manifest["model"]["config"]["guidance"]
+        token = 2 * int(manifest["latent"]["vae_scale_factor"])
+    except (KeyError, TypeError, ValueError):
+        return manifest
+    return {**manifest, "guidance": {"kind": "embedded" if guidance is True else "none"},
+            "dims": {"N_img": f"(H // {token}) * (W // {token})", "H_latent": f"H // {token}",
+                     "W_latent": f"W // {token}"}}
 
 
 def _no_constant(name: str):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineDirError
+from .shapes import symbols
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
@@ -73,9 +74,84 @@ def _static(shape: list, i: int) -> int | None:
     return shape[i] if -len(shape) <= i < len(shape) and isinstance(shape[i], int) else None
 
 
+def _interfaces(m: dict) -> dict[str, tuple[list[str], list[str]]]:
+    """graph -> (input names, output names) the runtime binds, for this manifest's family and options."""
+    cache, cfg = m["cache"], m["model"]["config"]
+    lite = cache["granularity"] == "lite"
+    factors = [f"factor_{i}" for i in range(cache["max_order"] + 1)]
+    features = [] if lite else ["features"]
+    if m["model"]["family"] == "flux":
+        step = ["hidden_states", "pooled_projections", "timestep"] + (["guidance"] if cfg["guidance"] else [])
+        return {
+            "clip": (["input_ids"], ["pooled_projections"]),
+            "t5": (["input_ids"], ["encoder_hidden_states"]),
+            "full": ([*step, "encoder_hidden_states", "rope_cos", "rope_sin"], ["sample", *features]),
+            "forecast": (([] if lite else step) + ["coefficients", *factors], ["sample"]),
+            "vae_decoder": (["latents"], ["image"]),
+        }
+    step = ["hidden_states", "timestep", "class_labels"]
+    return {
+        "full": (step, ["sample", *features]),
+        "forecast": (([] if lite else step) + ["coefficients", *factors], ["sample"]),
+        "vae_decoder": (["latents"], ["image"]),
+    }
+
+
+def _family_inconsistency(m: dict, graphs: dict) -> tuple[str | None, list]:
+    """The first disagreement specific to the family, and the (where, declared, implied) sizes to compare."""
+    cfg, latent = m["model"]["config"], m["latent"]
+    guidance = m["guidance"]["kind"]
+    if m["model"]["family"] == "flux":
+        text = m["text"]
+        if (guidance == "embedded") != cfg["guidance"]:
+            return (f"guidance.kind {guidance!r} disagrees with model.config.guidance {cfg['guidance']}: a FLUX "
+                    "transformer with a guidance input takes embedded guidance, one without takes none"), []
+        if sum(cfg["axes_dims_rope"]) != cfg["head_dim"]:
+            return (f"model.config.axes_dims_rope {cfg['axes_dims_rope']} does not add up to head_dim "
+                    f"{cfg['head_dim']}"), []
+        if latent["packed_channels"] != 4 * latent["channels"] or cfg["in_channels"] != latent["packed_channels"]:
+            return (f"latent.packed_channels {latent['packed_channels']} must be 4 x latent.channels "
+                    f"({latent['channels']}) and equal model.config.in_channels ({cfg['in_channels']})"), []
+        s = m["sampler"]
+        if s.get("use_dynamic_shifting", True) and s.get("max_image_seq_len", 4096) == s.get("base_image_seq_len", 256):
+            return "sampler.max_image_seq_len equals base_image_seq_len: the dynamic shift is undefined", []
+        return None, [
+            ("graphs.clip.inputs input_ids", _static(graphs["clip"][0]["input_ids"]["shape"], 1),
+             text["clip"]["max_length"]),
+            ("graphs.t5.inputs input_ids", _static(graphs["t5"][0]["input_ids"]["shape"], 1), text["t5"]["max_length"]),
+            ("graphs.full.inputs hidden_states", _static(graphs["full"][0]["hidden_states"]["shape"], -1),
+             latent["packed_channels"]),
+            ("graphs.full.inputs rope_cos", _static(graphs["full"][0]["rope_cos"]["shape"], -1), cfg["head_dim"]),
+            ("graphs.full.outputs sample", _static(graphs["full"][1]["sample"]["shape"], -1), cfg["out_channels"]),
+        ]
+    classes = m["classes"]
+    if classes["count"] != cfg["num_classes"]:
+        return f"classes.count {classes['count']} differs from model.config.num_classes {cfg['num_classes']}", []
+    if "null_class" in classes and classes["null_class"] < classes["count"]:
+        return (f"classes.null_class {classes['null_class']} is one of the {classes['count']} classes; the "
+                "unconditional class comes after them"), []
+    if guidance == "cfg" and "null_class" not in classes:
+        return "guidance.kind is cfg but classes names no null_class to guide against", []
+    big = [k for k in classes.get("labels", {}) if int(k) >= classes["count"]]
+    if big:
+        return f"classes.labels names class {big[0]}, outside the {classes['count']} classes", []
+    if cfg["out_channels"] not in (cfg["in_channels"], 2 * cfg["in_channels"]) or cfg["in_channels"] != latent["channels"]:
+        return (f"model.config in_channels {cfg['in_channels']} / out_channels {cfg['out_channels']} do not fit "
+                f"latent.channels {latent['channels']} (out is in, or twice in with a learned variance)"), []
+    if cfg["sample_size"] % cfg["patch_size"]:
+        return f"model.config.sample_size {cfg['sample_size']} is not a multiple of patch_size {cfg['patch_size']}", []
+    size = cfg["sample_size"]
+    return None, [
+        ("graphs.full.inputs hidden_states", _static(graphs["full"][0]["hidden_states"]["shape"], 1), cfg["in_channels"]),
+        ("graphs.full.inputs hidden_states height", _static(graphs["full"][0]["hidden_states"]["shape"], 2), size),
+        ("graphs.full.inputs hidden_states width", _static(graphs["full"][0]["hidden_states"]["shape"], 3), size),
+        ("graphs.full.outputs sample", _static(graphs["full"][1]["sample"]["shape"], 1), cfg["out_channels"]),
+    ]
+
+
 def _inconsistency(m: dict) -> str | None:
     """The first disagreement between sections, or None."""
-    cfg, cache, text, latent = m["model"]["config"], m["cache"], m["text"], m["latent"]
+    cfg, cache, latent = m["model"]["config"], m["cache"], m["latent"]
     lite = cache["granularity"] == "lite"
     graphs = {name: ({t["name"]: t for t in g["inputs"]}, {t["name"]: t for t in g["outputs"]})
               for name, g in m["graphs"].items()}
@@ -84,51 +160,46 @@ def _inconsistency(m: dict) -> str | None:
             names = [t["name"] for t in g[kind]]
             if len(set(names)) != len(names):
                 return f"graphs.{name}.{kind} names a tensor twice"
-    guidance = ["guidance"] if cfg["guidance"] else []
-    step = ["hidden_states", "pooled_projections", "timestep", *guidance]
-    factors = [f"factor_{i}" for i in range(cache["max_order"] + 1)]
-    expected = {
-        "clip": (["input_ids"], ["pooled_projections"]),
-        "t5": (["input_ids"], ["encoder_hidden_states"]),
-        "full": ([*step, "encoder_hidden_states", "rope_cos", "rope_sin"], ["sample"] + ([] if lite else ["features"])),
-        "forecast": (([] if lite else step) + ["coefficients", *factors], ["sample"]),
-        "vae_decoder": (["latents"], ["image"]),
-    }
+    expected = _interfaces(m)
+    if set(m["graphs"]) != set(expected):
+        return (f"graphs holds {sorted(m['graphs'])}, but a {m['model']['family']} directory holds "
+                f"{sorted(expected)}")
     for name, (inputs, outputs) in expected.items():
         have_in, have_out = graphs[name]
         if set(have_in) != set(inputs) or set(have_out) != set(outputs):
             return (f"graphs.{name} takes {sorted(have_in)} and gives {sorted(have_out)}, but this model "
-                    f"(guidance {cfg['guidance']}, cache {cache['granularity']}, max_order {cache['max_order']}) "
-                    f"needs {sorted(inputs)} and gives {sorted(outputs)}")
+                    f"(family {m['model']['family']}, guidance {m['guidance']['kind']}, cache {cache['granularity']}, "
+                    f"max_order {cache['max_order']}) needs {sorted(inputs)} and gives {sorted(outputs)}")
+    known = {"B", "H", "W", "G", *m["dims"]}
+    for name, g in m["graphs"].items():
+        for t in [*g["inputs"], *g["outputs"]]:
+            unknown = symbols(t["shape"]) - known
+            if unknown:
+                return (f"graphs.{name} {t['name']} has a size {sorted(unknown)[0]!r} that dims does not define "
+                        "(nor is it B, H, W or G)")
     if cfg["dim"] % cfg["head_dim"]:
         return f"model.config.dim {cfg['dim']} is not a multiple of head_dim {cfg['head_dim']}"
-    if sum(cfg["axes_dims_rope"]) != cfg["head_dim"]:
-        return f"model.config.axes_dims_rope {cfg['axes_dims_rope']} does not add up to head_dim {cfg['head_dim']}"
-    if latent["packed_channels"] != 4 * latent["channels"] or cfg["in_channels"] != latent["packed_channels"]:
-        return (f"latent.packed_channels {latent['packed_channels']} must be 4 x latent.channels "
-                f"({latent['channels']}) and equal model.config.in_channels ({cfg['in_channels']})")
     if m["defaults"]["schedule"]["order"] > cache["max_order"]:
         return f"defaults.schedule.order {m['defaults']['schedule']['order']} is above cache.max_order {cache['max_order']}"
-    s = m["sampler"]
-    if s.get("use_dynamic_shifting", True) and s.get("max_image_seq_len", 4096) == s.get("base_image_seq_len", 256):
-        return "sampler.max_image_seq_len equals base_image_seq_len: the dynamic shift is undefined"
-    streams, dim = (1, cfg["out_channels"]) if lite else (len(cache["streams"]), cache["feature_dim"])
-    declared = [  # (where, declared size, the size the other sections imply)
-        ("graphs.clip.inputs input_ids", _static(graphs["clip"][0]["input_ids"]["shape"], 1), text["clip"]["max_length"]),
-        ("graphs.t5.inputs input_ids", _static(graphs["t5"][0]["input_ids"]["shape"], 1), text["t5"]["max_length"]),
-        ("graphs.full.inputs hidden_states", _static(graphs["full"][0]["hidden_states"]["shape"], -1),
-         latent["packed_channels"]),
-        ("graphs.full.inputs rope_cos", _static(graphs["full"][0]["rope_cos"]["shape"], -1), cfg["head_dim"]),
-        ("graphs.full.outputs sample", _static(graphs["full"][1]["sample"]["shape"], -1), cfg["out_channels"]),
-        ("graphs.forecast.inputs coefficients", _static(graphs["forecast"][0]["coefficients"]["shape"], 0),
-         cache["max_order"] + 1),
-        ("graphs.vae_decoder.inputs latents", _static(graphs["vae_decoder"][0]["latents"]["shape"], 1),
-         latent["channels"]),
-    ]
-    feature_tensors = [graphs["forecast"][0][f] for f in factors] + ([] if lite else [graphs["full"][1]["features"]])
-    for t in feature_tensors:
-        declared += [(f"{t['name']} streams", _static(t["shape"], 0), streams),
-                     (f"{t['name']} width", _static(t["shape"], -1), dim)]
+    problem, declared = _family_inconsistency(m, graphs)
+    if problem:
+        return problem
+    factors = [f"factor_{i}" for i in range(cache["max_order"] + 1)]
+    declared.append(("graphs.forecast.inputs coefficients", _static(graphs["forecast"][0]["coefficients"]["shape"], 0),
+                     cache["max_order"] + 1))
+    declared.append(("graphs.vae_decoder.inputs latents", _static(graphs["vae_decoder"][0]["latents"]["shape"], 1),
+                     latent["channels"]))
+    if not lite:
+        streams, dim = len(cache["streams"]), cache["feature_dim"]
+        for t in [graphs["forecast"][0][f] for f in factors] + [graphs["full"][1]["features"]]:
+            declared += [(f"{t['name']} streams", _static(t["shape"], 0), streams),
+                         (f"{t['name']} width", _static(t["shape"], -1), dim)]
+    else:  # the feature is the prediction itself: every factor has its shape, one stream
+        sample = graphs["full"][1]["sample"]["shape"]
+        for f in factors:
+            if graphs["forecast"][0][f]["shape"] != [1, *sample]:
+                return (f"graphs.forecast.inputs {f} has shape {graphs['forecast'][0][f]['shape']}, but a lite "
+                        f"cache's factors are the prediction's shape {sample} with one stream in front")
     for where, size, implied in declared:
         if size is not None and size != implied:
             return f"{where} is declared with size {size}, but the manifest's other sections imply {implied}"
@@ -149,7 +220,7 @@ def referenced_files(m: dict) -> dict[str, str]:
         for kind in ("onnx", "onnx_data", "torch"):
             if kind in g:
                 refs[g[kind]] = f"graphs.{name}.{kind}"
-    for name, t in m["text"].items():
+    for name, t in m.get("text", {}).items():
         refs[t["tokenizer"]] = f"text.{name}.tokenizer"
     for name, p in m.get("tensorrt", {}).get("plans", {}).items():
         refs[p["plan"]] = f"tensorrt.plans.{name}.plan"

@@ -12,7 +12,6 @@ replaces the directory only when complete: a failed build leaves the directory a
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from typing import Any, Callable
 
 from ..errors import BackendUnavailable, UsageError
 from .manifest import MANIFEST, read_manifest, write_manifest
+from .shapes import dim_values, eval_dim
 from .writing import writing_engine_dir
 
 PLAN_DIR = "plans"
@@ -54,6 +54,10 @@ class BuildOptions:
         if unknown:
             raise UsageError(f"no graph named {', '.join(sorted(unknown))} in this directory; "
                              f"it has {', '.join(manifest['graphs'])}")
+        if manifest["model"]["family"] == "dit":  # one size: the model's
+            side = manifest["model"]["config"]["sample_size"] * manifest["latent"]["vae_scale_factor"]
+            if any(s != (side, side) for s in self.size_range(manifest)):
+                raise UsageError(f"this DiT generates {side}x{side} images only; build without --size")
         multiple = manifest["latent"]["vae_scale_factor"] * 2
         for h, w in self.size_range(manifest):
             if h < multiple or w < multiple or h % multiple or w % multiple:
@@ -75,37 +79,12 @@ class BuildOptions:
         return self.batch[0] == self.batch[2] and (self.sizes is None or self.sizes[0] == self.sizes[2])
 
 
-def dim_values(manifest: dict, batch: int, height: int, width: int) -> dict[str, int]:
-    """The value of every symbolic dimension for one batch size and image size."""
-    s = manifest["latent"]["vae_scale_factor"]
-    rows, cols = height // (2 * s), width // (2 * s)
-    return {"B": batch, "N_img": rows * cols, "H_latent": rows, "W_latent": cols, "H": height, "W": width}
-
-
-def eval_dim(dim: int | str, values: dict[str, int]) -> int:
-    """A manifest shape entry (an int, a symbol, or `+`/`-`/`*` of them) -> its value."""
-    if isinstance(dim, int):
-        return dim
-
-    def ev(node) -> int:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in values:
-            return values[node.id]
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a - b if isinstance(node.op, ast.Sub) else a * b
-        raise UsageError(f"cannot read the symbolic dimension {dim!r} of this manifest; re-export the directory")
-
-    return ev(ast.parse(dim, mode="eval"))
-
-
 def profile_shapes(manifest: dict, options: BuildOptions) -> dict[str, dict[str, dict[str, list[int]]]]:
     """graph -> input -> {min, opt, max} shapes: the optimization profile each plan is built with."""
     sizes = options.size_range(manifest)
-    points = [dim_values(manifest, b, h, w) for b, (h, w) in zip(options.batch, sizes)]
+    # classifier-free guidance doubles the transformer's batch when on: the profile spans both
+    doubled = 2 if manifest["guidance"]["kind"] == "cfg" else 1
+    points = [dim_values(manifest, b, h, w, g) for b, (h, w), g in zip(options.batch, sizes, (1, doubled, doubled))]
     graphs = options.graphs or tuple(manifest["graphs"])
     return {
         g: {i["name"]: {k: [eval_dim(d, v) for d in i["shape"]] for k, v in zip(("min", "opt", "max"), points)}

@@ -33,10 +33,10 @@ class Checkpoint:
     def open(cls, path: Path) -> Checkpoint:
         return cls(path, json.loads((path / "model_index.json").read_text()))
 
-    def config(self, component: str) -> dict[str, Any]:
-        f = self.path / component / "config.json"
+    def config(self, component: str, name: str = "config.json") -> dict[str, Any]:
+        f = self.path / component / name
         if not f.is_file():
-            raise UsageError(f"{self.path} has no {component}/config.json; pass a complete diffusers pipeline")
+            raise UsageError(f"{self.path} has no {component}/{name}; pass a complete diffusers pipeline")
         return json.loads(f.read_text())
 
     def parameters(self, component: str) -> dict[str, int]:

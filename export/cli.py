@@ -1,4 +1,4 @@
-"""seer-export: turn a FLUX pipeline into an engine directory."""
+"""seer-export: turn a FLUX or DiT pipeline into an engine directory."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from ..cli_common import command, user_errors
 @click.option("--cache", type=click.Choice(["modules", "lite"]), default="modules", show_default=True,
               help="What TaylorSeer caches: every attention/MLP output (paper-faithful) or only the "
                    "prediction (lite: tiny memory).")
-@click.option("--max-order", type=int, default=2, show_default=True,
-              help="Highest Taylor order seer-run may use with this directory.")
+@click.option("--max-order", type=int, default=None,
+              help="Highest Taylor order seer-run may use with this directory [default: 2 for FLUX, 4 for DiT "
+                   "(TaylorSeer-DiT's)].")
 @click.option("--max-sequence-length", type=int, default=None,
               help="T5 tokens per prompt [default: 512 for FLUX.1-dev, 256 without guidance embedding, "
                    "less where the tokenizer says so (16 for flux-tiny)].")
@@ -49,10 +50,10 @@ def main(model, out, cache, max_order, max_sequence_length, precision, factor_dt
          overwrite, fp8, calibration, calibration_prompts, calibration_size, calibration_steps):
     """Export MODEL to an engine directory of ONNX graphs and a manifest.
 
-    MODEL is `flux-tiny` (the small trained model shipped inside seer), `flux` (alias of
-    black-forest-labs/FLUX.1-dev), any Hugging Face repo id of a diffusers FLUX pipeline, or a local
-    diffusers FLUX directory. Hub downloads go through the normal Hugging Face cache, so a model
-    fetched once exports offline afterwards.
+    MODEL is `flux-tiny` or `dit-tiny` (the small trained models shipped inside seer), `flux` (alias of
+    black-forest-labs/FLUX.1-dev), `dit` (facebook/DiT-XL-2-256), any Hugging Face repo id of a
+    diffusers FLUX or DiT pipeline, or a local diffusers directory of one. Hub downloads go through the
+    normal Hugging Face cache, so a model fetched once exports offline afterwards.
 
     \b
     Examples:
@@ -61,8 +62,10 @@ def main(model, out, cache, max_order, max_sequence_length, precision, factor_dt
       seer-export flux-tiny --out out/flux-tiny-fp16 --precision fp16
       seer-export flux --out out/flux --backend tensorrt
       seer-export flux --out out/flux-fp8 --fp8 --backend tensorrt
+      seer-export dit-tiny --out out/dit-tiny
+      seer-export facebook/DiT-XL-2-256 --out out/dit
     """
-    from .flux_export import FP8Options, export_flux
+    from .source import family_of
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if backend == "tensorrt":  # fail before a long export, not after it
@@ -70,10 +73,20 @@ def main(model, out, cache, max_order, max_sequence_length, precision, factor_dt
 
         require_tensorrt()
         current_device()
-    fp8_options = FP8Options(calibration, calibration_prompts, calibration_size, calibration_steps) if fp8 else None
-    export_flux(model, out, cache=cache, max_order=max_order, torch_program=torch_programs,
-                max_sequence_length=max_sequence_length, overwrite=overwrite, log=log, fp8=fp8_options,
-                precision=precision, factor_dtype=factor_dtype, progress=True)
+    if family_of(model) == "dit":
+        from .dit_export import export_dit, refuse_flux_options
+
+        refuse_flux_options(**{"--fp8": fp8, "--max-sequence-length": max_sequence_length is not None})
+        export_dit(model, out, cache=cache, max_order=4 if max_order is None else max_order,
+                   torch_program=torch_programs, overwrite=overwrite, log=log, precision=precision,
+                   factor_dtype=factor_dtype, progress=True)
+    else:
+        from .flux_export import FP8Options, export_flux
+
+        fp8_options = FP8Options(calibration, calibration_prompts, calibration_size, calibration_steps) if fp8 else None
+        export_flux(model, out, cache=cache, max_order=2 if max_order is None else max_order,
+                    torch_program=torch_programs, max_sequence_length=max_sequence_length, overwrite=overwrite,
+                    log=log, fp8=fp8_options, precision=precision, factor_dtype=factor_dtype, progress=True)
     if backend == "tensorrt":
         from ..engines.tensorrt_build import build_plans
 

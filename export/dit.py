@@ -38,8 +38,7 @@ import torch
 from torch import nn
 
 from ..runtime.taylor import forecast
-
-GRANULARITIES = ("modules", "lite")
+from .common import GRANULARITIES
 
 
 @dataclass(frozen=True)

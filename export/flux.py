@@ -26,8 +26,6 @@ from torch import nn
 
 from ..runtime.taylor import forecast
 
-GRANULARITIES = ("modules", "lite")
-
 
 @dataclass(frozen=True)
 class FluxShape:

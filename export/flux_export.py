@@ -14,38 +14,25 @@ first repeated block of each kind, same weights, same export code) instead of wh
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 from torch.export import Dim
 
-from .. import __version__, signals
+from .. import __version__
 from ..engines.manifest import write_manifest
 from ..engines.writing import claiming_engine_dir, writing_engine_dir
 from ..errors import UsageError
 from ..runtime.precision import BYTES, dtype_name
 from ..runtime.rope import flux_rope
 from .checkpoint import Checkpoint, check_resources, release
-from .flux import GRANULARITIES, ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
-from .graphs import GraphIO, export_graph, save_torch_program, weight_bytes
+from .common import MEMORY_FACTOR, TORCH_PROGRAMS_LIMIT, Phases, check_cache_options, checked, log_tensorrt_readiness
+from .flux import ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
+from .graphs import GraphIO, export_graph, save_torch_program
 from .source import EMBEDDED, resolve
-
-MAX_ORDER_LIMIT = 4
-# Graphs with more weights than this are checked against torch on a slice, not whole (the whole
-# check would hold the weights two or three times over).
-FULL_CHECK_LIMIT = 1 << 30
-# Torch programs repeat every weight; above this transformer size they are stored only when asked.
-TORCH_PROGRAMS_LIMIT = 2 << 30
-# Peak memory of an export over its largest component's weights, measured (scripts/export_footprint.py).
-MEMORY_FACTOR = 1.35
-
 
 def graph_precisions(precision: str) -> dict[str, str]:
     """Each component's dtype in a directory of `precision`. T5 overflows in float16, so a float16
@@ -74,11 +61,7 @@ def export_flux(
     dtype (default: the transformer's); `torch_program`: also store torch programs (default: when the
     transformer is under 2 GiB); `fp8`: quantize the full path to FP8 (calibrated at the default
     schedule's full steps); `progress`: a progress bar over the export's phases."""
-    if cache not in GRANULARITIES:
-        raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
-    if not 0 <= max_order <= MAX_ORDER_LIMIT:
-        raise UsageError(f"--max-order must be between 0 and {MAX_ORDER_LIMIT} (got {max_order}); "
-                         "1 or 2 is what TaylorSeer uses")
+    check_cache_options(cache, max_order)
     if max_sequence_length is not None and max_sequence_length < 1:
         raise UsageError(f"--max-sequence-length must be at least 1 (got {max_sequence_length})")
     prompts = fp8.prompts(model) if fp8 is not None and fp8.calibration is None else None  # bad input fails early
@@ -128,7 +111,7 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
         "height": default_size, "width": default_size, "steps": 50, "guidance_scale": 3.5,
         "schedule": {"style": "taylorseer", "interval": 6, "order": 1, "warmup": 3, "final_full": 0},
     }
-    phases = _Phases(6 + (fp8 is not None), progress, log)
+    phases = Phases(6 + (fp8 is not None), progress, log)
 
     with writing_engine_dir(claim) as tmp:
         started = time.perf_counter()
@@ -144,7 +127,7 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
 
         phases.start("clip")
         clip = ckpt.load("text_encoder", dtypes["text_encoder"])
-        graphs["clip"] = _checked(clip, tmp, lambda d, check, programs: export_graph(
+        graphs["clip"] = checked(clip, tmp, lambda d, check, programs: export_graph(
             ClipPooled(clip), [GraphIO("input_ids", ids(text["clip"]["max_length"]), {0: b})],
             ["pooled_projections"], [{0: "B"}], d, "clip", programs, check=check), torch_program)
         del clip
@@ -153,7 +136,7 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
         phases.start("t5")
         t5 = ckpt.load("text_encoder_2", dtypes["text_encoder_2"])
         out_dtype = getattr(torch, precision) if dtypes["text_encoder_2"] != precision else None
-        graphs["t5"] = _checked(t5, tmp, lambda d, check, programs: export_graph(
+        graphs["t5"] = checked(t5, tmp, lambda d, check, programs: export_graph(
             T5Hidden(t5, out_dtype), [GraphIO("input_ids", ids(max_sequence_length), {0: b})],
             ["encoder_hidden_states"], [{0: "B"}], d, "t5", programs, check=check), torch_program)
         del t5
@@ -163,7 +146,7 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
         transformer = ckpt.load("transformer", precision)
         shape = FluxShape.of(transformer)
         amax = calibration["amax"] if calibration is not None else None
-        graphs.update(_checked(transformer, tmp, lambda d, check, programs: _export_transformer(
+        graphs.update(checked(transformer, tmp, lambda d, check, programs: _export_transformer(
             transformer, cache, max_order, max_sequence_length, d, programs, log, getattr(torch, factor_dtype), check,
             amax), torch_program))
         del transformer
@@ -198,6 +181,10 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
                                                    "base_shift", "max_shift", "base_image_seq_len",
                                                    "max_image_seq_len") if k in sched},
             },
+            "guidance": {"kind": "embedded" if shape.guidance else "none"},
+            # the graphs' symbols from the request's pixels: one token per 2x2 patch of latent pixels
+            "dims": {"N_img": f"(H // {2 * vae_scale}) * (W // {2 * vae_scale})", "H_latent": f"H // {2 * vae_scale}",
+                     "W_latent": f"W // {2 * vae_scale}"},
             "latent": {"channels": c, "vae_scale_factor": vae_scale, "packed_channels": shape.in_channels,
                        # the VAE decoder's widths: the runtime's memory estimate scales with them
                        "vae_block_out_channels": list(vae_cfg["block_out_channels"])},
@@ -215,75 +202,10 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
             **({"quantization": quantization} if quantization else {}),
         }
         manifest = write_manifest(tmp, manifest)
-        _log_tensorrt_readiness(tmp, graphs, log)
+        log_tensorrt_readiness(tmp, graphs, log)
         phases.close()
         log(f"exported in {time.perf_counter() - started:.1f} s")
     return manifest
-
-
-class _Phases:
-    """The export's phases as a progress bar on a terminal (log lines otherwise)."""
-
-    def __init__(self, total: int, progress: bool, log):
-        from tqdm import tqdm
-
-        self.log = log
-        self.bar = tqdm(total=total, desc="seer-export", unit="phase", file=sys.stderr, leave=False,
-                        disable=not (progress and sys.stderr.isatty()))
-        self.started = False
-
-    def start(self, name: str) -> None:
-        signals.check()  # a SIGTERM whose exception was dropped (in a finalizer) stops the export here
-        if self.started:
-            self.bar.update()
-        self.started = True
-        self.bar.set_postfix_str(name)
-        if self.bar.disable:
-            self.log(f"exporting {name}" if name in ("clip", "t5", "transformer", "vae_decoder") else name)
-
-    def close(self) -> None:
-        self.bar.update()
-        self.bar.close()
-
-
-def _checked(module: nn.Module, tmp: Path, export: Callable[[Path, bool, bool], Any],
-             torch_program: bool) -> Any:
-    """`export(directory, check, torch_program)` the component; when it is too large to check
-    whole, first export and check a slice of it (one of each repeated block) in a scratch folder."""
-    if weight_bytes(module) <= FULL_CHECK_LIMIT:
-        return export(tmp, True, torch_program)
-    with _sliced(module), tempfile.TemporaryDirectory(dir=tmp) as scratch:
-        export(Path(scratch), True, False)
-    return export(tmp, False, torch_program)
-
-
-@contextlib.contextmanager
-def _sliced(module: nn.Module):
-    """`module` with each run of repeated blocks (a ModuleList of two or more blocks of one class and
-    the same parameter shapes: transformer blocks, encoder layers) cut to its first block, restored
-    afterwards."""
-    saved = []
-
-    def visit(owner: nn.Module) -> None:
-        for name, child in owner.named_children():
-            if isinstance(child, nn.ModuleList) and _repeated(child):
-                saved.append((owner, name, child))
-            else:
-                visit(child)
-
-    visit(module)
-    try:
-        for owner, name, blocks in saved:
-            setattr(owner, name, nn.ModuleList(list(blocks)[:1]))
-        yield
-    finally:
-        for owner, name, blocks in saved:
-            setattr(owner, name, blocks)
-
-
-def _repeated(blocks: nn.ModuleList) -> bool:
-    signature = lambda m: (type(m), [tuple(p.shape) for p in m.parameters()])  # noqa: E731
-    return len(blocks) > 1 and all(signature(b) == signature(blocks[0]) for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -347,19 +269,6 @@ def _quantize_full(tmp: Path, graphs: dict, calibration: dict, precision: str, l
     return {"full": {"format": "fp8-e4m3fn", "scaling": "per-tensor; activations: calibrated max; weights: max",
                      "form": "onnx QuantizeLinear/DequantizeLinear, opset 19", **counts, "calibration": rel,
                      "dequantize_to": precision, "min_compute_capability": "8.9"}}
-
-
-def _log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> None:
-    """The static TensorRT check on every graph just written (seer-check runs the same later)."""
-    from ..engines.trt_check import check_onnx
-
-    findings = [f for g in graphs.values() for f in check_onnx(directory / g["onnx"])]
-    if not findings:
-        log(f"TensorRT readiness: all {len(graphs)} graphs pass seer-check")
-        return
-    log(f"warning: {len(findings)} TensorRT readiness problem(s); ONNX Runtime still runs this directory:")
-    for f in findings[:20]:
-        log(f"  {f}")
 
 
 def _export_transformer(transformer, cache: str, max_order: int, text_len: int, tmp: Path, torch_program: bool,

@@ -48,17 +48,30 @@ def check_load(engine_dir, backend, device, verify, cuda_graphs, expect_digest, 
 MAX_PROMPT_CHARS = 100_000  # T5 reads 512 tokens (a few thousand characters)
 
 
+MAX_IMAGES = 1024  # images in one request: the class labels or prompts of a batch
+
+
 def check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup, final_full,
-                schedule_style, no_cache, return_latents, on_step) -> None:
+                schedule_style, no_cache, return_latents, on_step, class_labels=None) -> None:
     """Types first: every range check after this one may compare and do arithmetic safely."""
-    if isinstance(prompt, (list, tuple)):
+    if class_labels is not None:
+        labels = class_labels if isinstance(class_labels, (list, tuple)) else [class_labels]
+        for c in labels:
+            if isinstance(c, bool) or not isinstance(c, (Integral, str)) or (isinstance(c, str) and len(c) > 1000):
+                raise UsageError(f"class_labels must be class ids (int) or names (str), or a list of them; got "
+                                 f"{type(c).__name__} ({str(c)[:60]!r})")
+        if len(labels) > MAX_IMAGES:
+            raise UsageError(f"{len(labels)} classes in one request; give at most {MAX_IMAGES}")
+    if prompt is None:
+        pass
+    elif isinstance(prompt, (list, tuple)):
         bad = [i for i, p in enumerate(prompt) if not isinstance(p, str)]
         if bad:
             raise UsageError(f"prompt must be a string or a list of strings; item {bad[0]} is "
                              f"{type(prompt[bad[0]]).__name__} ({prompt[bad[0]]!r})")
     elif not isinstance(prompt, str):
         raise UsageError(f"prompt must be a string or a list of strings, not {type(prompt).__name__} ({prompt!r})")
-    for p in [prompt] if isinstance(prompt, str) else prompt:
+    for p in [prompt] if isinstance(prompt, str) else prompt or []:
         if len(p) > MAX_PROMPT_CHARS:  # tokenized whole (to count what is cut), inside the request lock
             raise UsageError(f"a prompt of {len(p)} characters is far beyond what the text encoders read; "
                              f"give at most {MAX_PROMPT_CHARS}")

@@ -13,14 +13,18 @@ from ..cli_common import command, user_errors
 
 @command()
 @click.argument("engine_dir", type=click.Path())
-@click.option("--prompt", "-p", required=True, help="What to draw.")
+@click.option("--prompt", "-p", default=None, help="What to draw (text-to-image models: FLUX).")
+@click.option("--class", "class_label", default=None, metavar="ID|NAME",
+              help="The class to draw (class-conditional models: DiT): an id, or a name from the model's labels.")
 @click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(),  # checked before generating
               help="PNG to write (prompt, seed and schedule go into its metadata).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Denoising steps [default: the directory's, 50].")
 @click.option("--height", type=int, default=None, help="Image height in pixels [default: the directory's].")
 @click.option("--width", type=int, default=None, help="Image width in pixels [default: the directory's].")
-@click.option("--guidance", type=float, default=None, help="Guidance scale [default: 3.5].")
+@click.option("--guidance", type=float, default=None,
+              help="Guidance scale: embedded guidance (FLUX.1-dev) or classifier-free guidance (DiT: above 1 runs "
+                   "the unconditional class beside, doubling the batch) [default: the directory's].")
 @click.option("--interval", "-N", type=int, default=None,
               help="Run the full transformer every N steps after warm-up, forecast the rest [default: 6].")
 @click.option("--order", type=int, default=None, help="Taylor order of the forecast [default: 1].")
@@ -47,7 +51,7 @@ from ..cli_common import command, user_errors
 @click.option("--memory-budget", default=None, help="Refuse a request whose estimated memory exceeds this: bytes, or "
                                                      "with a unit (8GB, 8GiB, 512MB) [default: what is available].")
 @user_errors
-def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
+def main(engine_dir, prompt, class_label, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
          schedule_style, no_cache, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json,
          memory_budget):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
@@ -56,6 +60,8 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     Example:
       seer-run out/flux-tiny --prompt "a red circle" --seed 0 --steps 50 --out out.png
       seer-run out/flux --prompt "..." --interval 6 --order 1 --warmup 3
+      seer-run out/dit-tiny --class "red circle at the top left" --guidance 4
+      seer-run out/dit --class 207 --interval 4 --order 2 --warmup 2
     """
     from PIL.PngImagePlugin import PngInfo
 
@@ -67,15 +73,17 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     # before loading and generating (minutes): an unusable --out or prompt fails now, not after
     out_path = check_image_path(out)
     try:
-        prompt.encode("utf-8")
+        for text in (prompt, class_label):
+            if text is not None:
+                text.encode("utf-8")
     except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogate escapes
-        raise UsageError("the prompt is not valid UTF-8 text; pass it in UTF-8 (check the terminal's locale, "
-                         "e.g. LANG=C.UTF-8)") from None
+        raise UsageError("the prompt or class is not valid UTF-8 text; pass it in UTF-8 (check the terminal's "
+                         "locale, e.g. LANG=C.UTF-8)") from None
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
                          expect_digest=expect_digest, trust_torch_programs=trust_torch_programs,
                          memory_budget=memory_budget)
     with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
-        g = pipe(prompt, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
+        g = pipe(prompt, class_labels=class_label, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
                  interval=interval, order=order, warmup=warmup, final_full=final_full,
                  schedule_style=schedule_style, no_cache=no_cache, on_step=on_step)
     for name, cut in g.truncated.items():
@@ -85,14 +93,16 @@ def main(engine_dir, prompt, out, seed, steps, height, width, guidance, interval
     for warning in g.warnings:
         click.echo(f"warning: {warning}", err=True)
     s, d = g.schedule, pipe.manifest["defaults"]["schedule"]
-    settings = {"prompt": prompt, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
+    condition = {"prompt": prompt} if class_label is None else {"class": class_label}
+    settings = {**condition, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
                 "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,
                 "order": d["order"] if order is None else order, "warmup": d["warmup"] if warmup is None else warmup,
                 "final_full": final_full, "schedule_style": schedule_style, "backend": backend,
                 "engine": pipe.manifest["model"]["source"], "digest": pipe.digest, "seer": __version__}
     info = PngInfo()
     info.add_text("parameters", json.dumps(settings))
-    info.add_text("prompt", prompt)
+    for key, value in condition.items():
+        info.add_text(key, str(value))
     write_png(g.image, out_path, info, shown=out)
     report = {"out": out, "schedule": s.describe(), "timings_s": {k: round(v, 4) for k, v in g.timings.items()}}
     if as_json:

@@ -1,20 +1,22 @@
 """How much memory a request needs, estimated from the manifest alone, and the check that refuses
 a request before it starts when the estimate does not fit.
 
-With B the batch, N image tokens, L = text.t5.max_length, T = N + L, heads = dim / head_dim,
-S streams of width D, K = cache.max_order, H x W pixels and C the VAE decoder's widest channel
-count at full resolution (`latent.vae_block_out_channels[1]`, FLUX's 256 when the manifest does not
-say), in bytes:
+With M the model's batch (the images B, doubled by classifier-free guidance), N image tokens and L
+context tokens (FLUX: text.t5.max_length; DiT: none), T = N + L, heads = dim / head_dim, F the
+values of one Taylor factor and P those of the transformer's prediction (both from the shapes the
+manifest declares), K = cache.max_order, H x W pixels, p = (H / s)(W / s) latent pixels for the
+VAE's scale s, and C the VAE decoder's widest channel count at full resolution
+(`latent.vae_block_out_channels[1]`, FLUX's 256 when the manifest does not say), in bytes:
 
-    buffers     = (K + 2) S B N D f  [+ S B N D g when the features' dtype g differs from the factors' f]
-                  + 4 B N c_out x 3  (prediction and the sampler's scratch)
-    transformer = 6 x 4 B heads T^2 + 96 x 4 B T dim + 3.5 x 4 S B N D
-    decoder     = 2 x 4 B (4 N)^2 + 20 B H W C
+    buffers     = (K + 2) F f  [+ F g when the features' dtype g differs from the factors' f]
+                  + 4 P x 3  (prediction and the sampler's scratch)
+    transformer = 6 x 4 M heads T^2 + 96 x 4 M T dim + 3.5 x 4 F
+    decoder     = 2 x 4 B p^2 + 20 B H W C
     total       = buffers + transformer + decoder
 
-The terms are what grows: the attention scores (B heads T^2 float32 values, several alive inside a
+The terms are what grows: the attention scores (M heads T^2 float32 values, several alive inside a
 block), the per-token activations, the features the full graph outputs, and in the VAE decoder its
-mid-block attention over all 4N latent pixels and its full-resolution convolutions. The constants
+mid-block attention over all latent pixels and its full-resolution convolutions. The constants
 are the upper envelope of peak RSS measured on ONNX Runtime's CPU provider (scripts/memory_calibration.py;
 flux-tiny and the `mid` size, 256 to 1024 px, batch 1 and 2): the estimate was 1.05 to 1.5 times the
 measured peak. On ONNX Runtime every graph's arena keeps the memory its largest run took, so the
@@ -24,9 +26,11 @@ the estimate is an over-estimate.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
+from ..engines.shapes import shape_of
 from ..errors import MemoryLimitError, UsageError
 from .precision import BYTES
 
@@ -51,22 +55,24 @@ class Estimate:
                 f"{gb(self.transformer)}, VAE decoder {gb(self.decoder)})")
 
 
-def estimate(manifest: dict, dtypes: dict[str, str], batch: int, height: int, width: int) -> Estimate:
+def estimate(manifest: dict, dtypes: dict[str, str], values: dict[str, int], tokens: int, context: int) -> Estimate:
+    """`values`: the request's symbol sizes (engines.shapes.dim_values); `tokens`, `context`: the
+    family's image and context tokens."""
     cfg, cache, latent = manifest["model"]["config"], manifest["cache"], manifest["latent"]
-    s = 2 * latent["vae_scale_factor"]
-    b, n = batch, (height // s) * (width // s)
-    t = n + manifest["text"]["t5"]["max_length"]
+    b, height, width = values["B"], values["H"], values["W"]
+    features = math.prod(shape_of(manifest, "forecast", "inputs", "factor_0", values))
+    sample = shape_of(manifest, "full", "outputs", "sample", values)
+    m, t = sample[0], tokens + context
     heads = cfg["dim"] // cfg["head_dim"]
-    streams, dim = len(cache["streams"]), cache["feature_dim"]
-    features = streams * b * n * dim
     buffers = (cache["max_order"] + 2) * features * BYTES[dtypes["factors"]]
     if dtypes["features"] != dtypes["factors"]:
         buffers += features * BYTES[dtypes["features"]]
-    buffers += 3 * 4 * b * n * cfg["out_channels"]
-    transformer = SCORES * 4 * b * heads * t * t + TOKENS * 4 * b * t * cfg["dim"] + FEATURES * 4 * features
+    buffers += 3 * 4 * math.prod(sample)
+    transformer = SCORES * 4 * m * heads * t * t + TOKENS * 4 * m * t * cfg["dim"] + FEATURES * 4 * features
     widths = latent.get("vae_block_out_channels") or FLUX_VAE_CHANNELS
     channels = widths[1] if len(widths) > 1 else widths[0]  # the last upsampler's output is full resolution
-    decoder = VAE_SCORES * 4 * b * (4 * n) ** 2 + VAE_PIXEL * b * height * width * channels
+    pixels = (height // latent["vae_scale_factor"]) * (width // latent["vae_scale_factor"])
+    decoder = VAE_SCORES * 4 * b * pixels**2 + VAE_PIXEL * b * height * width * channels
     return Estimate(int(buffers), int(transformer), int(decoder))
 
 

@@ -1,5 +1,10 @@
-"""The text-to-image pipeline over an engine directory: tokenize, encode, denoise with TaylorSeer
-forecasting, decode. Imports neither diffusers nor transformers: the directory is all it reads.
+"""One pipeline for every model family: condition, denoise with TaylorSeer forecasting, decode.
+
+The loop below is the same for FLUX and DiT: what differs is a family (runtime/families: conditioning,
+latent layout, decoding), a sampler (runtime/samplers, by `sampler.type`) and a guidance kind
+(runtime/guidance.py), all chosen by the manifest. Graph inputs are bound by the names each graph
+declares, and buffers sized from the shapes the manifest states (engines/shapes.py). Imports neither
+diffusers nor transformers: the directory is all it reads.
 """
 
 from __future__ import annotations
@@ -13,18 +18,19 @@ from typing import Any, Callable
 import numpy as np
 
 from ..engines.manifest import open_engine_dir
+from ..engines.shapes import dim_values, shape_of, tensor_names
 from ..errors import EngineDirError, NonFiniteError, UsageError
 from . import arguments, memory
 from .backends import Backend
 from .choose_backend import create_backend
-from .finite import StepWatch, coefficient_error, conditioning_error, sigma_error, step_error
+from .families import family_for
+from .finite import StepWatch, coefficient_error, conditioning_error, step_error
+from .guidance import guidance_for
 from .noise import randn
 from .precision import DTYPES
-from .rope import flux_rope
-from .sampler import FlowMatchEuler, latent_grid, pack, unpack
+from .samplers import sampler_for
 from .schedule import Schedule
 from .taylor import TaylorState
-from .text import PromptTokenizer
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Generation:
     images: list  # PIL images
     schedule: Schedule
     timings: dict[str, float]
-    latents: np.ndarray | None = None  # final packed latents [B, N, C], like diffusers' output_type="latent"
+    latents: np.ndarray | None = None  # final latents in the transformer's layout, like diffusers' output_type="latent"
     truncated: dict[str, list[int]] = field(default_factory=dict)  # tokens cut per encoder and prompt
     warnings: list[str] = field(default_factory=list)  # what the request ignored; seer-run prints each
 
@@ -46,11 +52,11 @@ class Pipeline:
         self.directory, self.manifest, self.backend = directory, manifest, backend
         self.digest: str | None = None  # the manifest digest, when loaded through `load`
         self.config = manifest["model"]["config"]
-        self.sampler = FlowMatchEuler.from_manifest(manifest["sampler"])
-        text = manifest["text"]
-        self.tokenizers = {k: PromptTokenizer(directory / v["tokenizer"], v["max_length"], v["pad_id"], v["pad_token"])
-                           for k, v in text.items()}
+        self.family = family_for(directory, manifest, backend)
+        self.sampler = sampler_for(manifest["sampler"])
+        self.guidance = guidance_for(manifest["guidance"])
         self.cache = manifest["cache"]
+        self._graph_inputs = {g: tensor_names(manifest, g) for g in ("full", "forecast")}
         self.dtypes = graph_dtypes(manifest)
         self._buffers: dict[tuple, dict[str, Any]] = {}
         # One request at a time: requests of a shape share the Taylor, prediction and scratch buffers,
@@ -86,7 +92,9 @@ class Pipeline:
         """Run every graph once at this resolution, so that no request pays for first-run work
         (allocator growth, kernel selection, lazy initialisation): a short cached generation that has
         full steps, a Taylor update and forecast steps. Serving code calls it once after `load`."""
-        self(prompt, steps=4, height=height, width=width, interval=2, warmup=2, order=min(1, self.cache["max_order"]))
+        condition = {"prompt": prompt} if self.family.conditioning == "prompt" else {"class_labels": [self.family.first_class]}
+        self(**condition, steps=4, height=height, width=width, interval=2, warmup=2,
+             order=min(1, self.cache["max_order"]))
 
     def schedule(self, steps: int, no_cache: bool = False, interval: int | None = None, warmup: int | None = None,
                  final_full: int = 0, style: str = "taylorseer") -> Schedule:
@@ -106,7 +114,7 @@ class Pipeline:
 
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         seed: int = 0,
         steps: int | None = None,
         height: int | None = None,
@@ -120,9 +128,13 @@ class Pipeline:
         no_cache: bool = False,
         return_latents: bool = False,
         on_step: Callable[[int, bool, Any], None] | None = None,
+        class_labels: int | str | list[int | str] | None = None,
     ) -> Generation:
+        """`prompt` for a text-to-image model (FLUX), `class_labels` (ids or names) for a class-conditional
+        one (DiT); one image per prompt or class. `guidance_scale`: embedded guidance (FLUX.1-dev) or the
+        classifier-free guidance scale (DiT: above 1 doubles the batch)."""
         arguments.check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup,
-                              final_full, schedule_style, no_cache, return_latents, on_step)
+                              final_full, schedule_style, no_cache, return_latents, on_step, class_labels)
         if self._owner == threading.get_ident():  # waiting for our own lock would hang for ever
             raise UsageError("a Pipeline runs one request at a time and on_step tried to start another on the same "
                              "Pipeline; start it after this one returns, or on a second Pipeline")
@@ -131,118 +143,118 @@ class Pipeline:
             try:
                 # numpy's overflow warnings would come before, and say less than, the NonFiniteError
                 with self.backend.stream(), np.errstate(over="ignore", invalid="ignore"):
-                    return self._generate(prompt, seed, steps, height, width, guidance_scale, interval, order,
-                                          warmup, final_full, schedule_style, no_cache, return_latents, on_step)
+                    return self._generate(prompt, class_labels, seed, steps, height, width, guidance_scale, interval,
+                                          order, warmup, final_full, schedule_style, no_cache, return_latents, on_step)
             finally:
                 self._owner = None
 
-    def _generate(self, prompt, seed, steps, height, width, guidance_scale, interval, order, warmup, final_full,
-                  schedule_style, no_cache, return_latents, on_step) -> Generation:
-        d = self.manifest["defaults"]
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    def _generate(self, prompt, class_labels, seed, steps, height, width, guidance_scale, interval, order, warmup,
+                  final_full, schedule_style, no_cache, return_latents, on_step) -> Generation:
+        d, family, guidance, backend = self.manifest["defaults"], self.family, self.guidance, self.backend
+        conditions = family.conditions(prompt, class_labels)
+        b = len(conditions)
         steps = d["steps"] if steps is None else steps
         height, width = d["height"] if height is None else height, d["width"] if width is None else width
         warnings = []
-        if guidance_scale is not None and not self.config["guidance"]:
-            warnings.append(f"guidance scale {guidance_scale} ignored: this directory's model takes no guidance "
-                            "input (it is not guidance-distilled)")
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        if guidance_scale is not None and guidance.kind == "none":
+            family.check_unguided(guidance_scale)  # a scale that asks for guidance the model cannot give: refused
+            warnings.append(f"guidance scale {guidance_scale} ignored: this directory's model takes no guidance")
+        guidance_scale = d["guidance_scale"] if guidance_scale is None or guidance.kind == "none" else guidance_scale
         order = d["schedule"]["order"] if order is None else order
-        self._check(prompts, height, width, order)
+        self._check_order(order)
+        if guidance.kind != "none":
+            arguments.check_guidance(guidance_scale)
+        family.check(height, width)
         arguments.check_seed(seed)
         arguments.check_steps(steps, self.max_steps)
-        if self.config["guidance"]:
-            arguments.check_guidance(guidance_scale)
         schedule = self.schedule(steps, no_cache, interval, warmup, final_full, schedule_style)
-        need = memory.estimate(self.manifest, self.dtypes, len(prompts), height, width)
-        memory.check(need, self._held["buffers"] + self._held["arenas"], self.backend.device, self.memory_budget,
-                     f"{height}x{width} at batch {len(prompts)}")
+        g = guidance.batch(guidance_scale)
+        values = dim_values(self.manifest, b, height, width, g)
+        need = self.estimate(b, height, width, guidance_scale)
+        tokens = family.sequence(height, width)[0]
+        memory.check(need, self._held["buffers"] + self._held["arenas"], backend.device, self.memory_budget,
+                     f"{height}x{width} at batch {b}" + (" (doubled for classifier-free guidance)" if g > 1 else ""))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 
-        text, pooled, truncated = self._encode(prompts)
-        timings["text"] = time.perf_counter() - t0
+        fixed, info = family.condition(conditions, height, width, guided=g > 1)
+        fixed.update(guidance.inputs(backend, b, guidance_scale))
+        timings["conditioning"] = time.perf_counter() - t0
 
-        b, latent = len(prompts), self.manifest["latent"]
-        rows, cols = latent_grid(height, width, latent["vae_scale_factor"])
-        n = rows * cols
-        buf = self._request_buffers(b, n, order)
-        self._held["buffers"] = need.buffers
         dt = self.dtypes
-        noise = randn((b, latent["channels"], rows * 2, cols * 2), seed)
-        latents = self.backend.asarray(pack(noise), dt["latents"])
-        cos, sin = flux_rope(self.tokenizers["t5"].max_length, rows, cols, self.config["axes_dims_rope"],
-                             self.config["rope_theta"])
-        cos, sin = self.backend.asarray(cos), self.backend.asarray(sin)
-        sigmas = self.sampler.sigmas(steps, n)
-        if not np.isfinite(sigmas).all():
-            raise sigma_error(sigmas)
+        latents = backend.asarray(family.latents_from_noise(randn(family.noise_shape(b, height, width), seed)),
+                                  dt["latents"])
+        buf = self._request_buffers(values, order, tuple(latents.shape), g)
+        self._held["buffers"] = need.buffers
+        plan = self.sampler.plan(steps, tokens, dt["latents"])
         # every step's timestep on the device once: the loop then only takes views
-        timesteps = self.backend.asarray(np.repeat(self.sampler.timesteps(sigmas, dt["latents"])[:, None], b, axis=1))
-        guidance = self.backend.asarray(np.full(b, guidance_scale, np.float32)) if self.config["guidance"] else None
+        timesteps = backend.asarray(np.repeat(plan.model_timesteps[:, None], g * b, axis=1))
         state: TaylorState = buf["state"]
         state.reset()
         watch: StepWatch = buf["watch"]
         watch.enabled = self.check_finite
         watch.reset()
-        watch.conditioning(text, pooled)
+        watch.conditioning(*(v for v in fixed.values() if "int" not in str(v.dtype)))
         lite = self.cache["granularity"] == "lite"
         # Features go straight into the spare factor when the dtypes agree, else through a buffer of
         # the graph's dtype that the Taylor update widens or narrows (lite: the prediction is the feature).
         direct = dt["features"] == dt["factors"]
+        full_names, forecast_names = self._graph_inputs["full"], self._graph_inputs["forecast"]
 
         t1 = time.perf_counter()
         for i in range(steps):
-            step = {"hidden_states": latents, "pooled_projections": pooled, "timestep": timesteps[i]}
-            if guidance is not None:
-                step["guidance"] = guidance
+            step = {**fixed, "hidden_states": guidance.expand(latents, buf["model_in"]), "timestep": timesteps[i]}
             if schedule.full[i]:
                 features = state.spare if direct else buf["features"]
-                pred = features[0] if lite else buf["pred"]
-                outputs = {"sample": pred}
+                out = features[0] if lite else buf["out"]
+                outputs = {"sample": out}
                 if not lite:
                     outputs["features"] = features
-                self.backend.run("full", {**step, "encoder_hidden_states": text, "rope_cos": cos, "rope_sin": sin},
-                                 outputs)
-                self.sampler.step(latents, pred, sigmas[i + 1] - sigmas[i], buf["wide"], buf["narrow"])
-                self._watch(watch, i, schedule, pred, latents, buf["wide"])  # before the update swaps pred away
-                if not no_cache:  # nothing will be forecast: the factors would be work thrown away
-                    if not direct:
-                        state.spare[...] = features
-                    state.update(i, derive=i >= schedule.derive_from)
+                backend.run("full", {n: step[n] for n in full_names}, outputs)
             else:
-                inputs = {f"factor_{j}": f for j, f in enumerate(state.factors)}
                 coefficients = state.coefficients(i)
                 if not np.isfinite(coefficients).all():  # host values: a check costs no device sync
                     raise coefficient_error(i, steps, coefficients)
-                self.backend.write(buf["coefficients"], coefficients)
-                inputs["coefficients"] = buf["coefficients"]
-                if not lite:
-                    inputs.update(step)
-                self.backend.run("forecast", inputs, {"sample": buf["pred"]})
-                self.sampler.step(latents, buf["pred"], sigmas[i + 1] - sigmas[i], buf["wide"], buf["narrow"])
-                self._watch(watch, i, schedule, buf["pred"], latents, buf["wide"])
+                backend.write(buf["coefficients"], coefficients)
+                step.update({f"factor_{j}": f for j, f in enumerate(state.factors)})
+                step["coefficients"] = buf["coefficients"]
+                out = buf["out"]
+                backend.run("forecast", {n: step[n] for n in forecast_names}, {"sample": out})
+            prediction = guidance.combine(family.prediction(out), buf["guided"], guidance_scale)
+            self.sampler.step(plan, i, latents, prediction, buf["wide"], buf["narrow"])
+            self._watch(watch, i, schedule, prediction, latents, buf["wide"])  # before the update swaps out away
+            if schedule.full[i] and not no_cache:  # nothing will be forecast: the factors would be work thrown away
+                if not direct:
+                    state.spare[...] = features
+                state.update(i, derive=i >= schedule.derive_from)
             if on_step:
                 on_step(i, schedule.full[i], latents)
-        self.backend.synchronize()
-        bad = watch.first_bad(self.backend, steps)  # torch: the one read of the per-step verdicts
+        backend.synchronize()
+        bad = watch.first_bad(backend, steps)  # torch: the one read of the per-step verdicts
         if bad is not None:
             self._raise_non_finite(bad[0], schedule, bad[1])
         timings["denoise"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        final = self.backend.numpy(latents).astype(np.float32)
-        images = self._decode(unpack(final, rows, cols), (height, width))
+        final = backend.numpy(latents).astype(np.float32)
+        images = self._decode(family.decoder_latents(final, height, width), (height, width))
         timings["decode"] = time.perf_counter() - t2
-        if self.backend.name == "onnxruntime":  # its arenas keep what this request grew them to
+        if backend.name == "onnxruntime":  # its arenas keep what this request grew them to
             self._held["arenas"] = max(self._held["arenas"], need.transformer + need.decoder)
         timings["total"] = time.perf_counter() - t0
-        return Generation(images, schedule, timings, final if return_latents else None, truncated, warnings)
+        return Generation(images, schedule, timings, final if return_latents else None, info.get("truncated", {}),
+                          warnings)
+
+    def estimate(self, batch: int, height: int, width: int, guidance_scale: float | None = None) -> memory.Estimate:
+        """The memory a request of `batch` images at this size takes (runtime/memory.py)."""
+        if guidance_scale is None:
+            guidance_scale = self.manifest["defaults"]["guidance_scale"]
+        values = dim_values(self.manifest, batch, height, width, self.guidance.batch(guidance_scale))
+        return memory.estimate(self.manifest, self.dtypes, values, *self.family.sequence(height, width))
 
     @property
     def max_steps(self) -> int:
-        """More steps than the sampler's training timesteps would only repeat timesteps."""
-        return int(self.sampler.num_train_timesteps)
+        return self.sampler.max_steps
 
     def _watch(self, watch: StepWatch, i: int, schedule: Schedule, pred, latents, scratch) -> None:
         what = watch.step(i, pred, latents, scratch)
@@ -254,21 +266,7 @@ class Pipeline:
             raise conditioning_error()
         raise step_error(step, schedule.steps, schedule.full[step], what, self.dtypes)
 
-    def _check(self, prompts: list[str], height: int, width: int, order: int) -> None:
-        if not prompts or any(not p.strip() for p in prompts):
-            raise UsageError("the prompt is empty; describe the image to generate, e.g. --prompt 'a red circle'")
-        multiple = self.manifest["latent"]["vae_scale_factor"] * 2
-        for name, v in (("height", height), ("width", width)):
-            if v < multiple or v % multiple:
-                lo = max(multiple, v - v % multiple)
-                raise UsageError(f"{name} {v} cannot be generated: it must be a positive multiple of {multiple} "
-                                 f"(try {lo} or {lo + multiple})")
-        if (height // multiple) * (width // multiple) > 65536:
-            raise UsageError(f"{height}x{width} is larger than the exported graphs take (65536 latent tokens)")
-        for name, v in (("height", height), ("width", width)):
-            if v > 1024 * multiple:  # the VAE decoder is exported for up to 1024 packed rows and columns
-                raise UsageError(f"{name} {v} is above the {1024 * multiple} pixels a side the exported graphs "
-                                 f"take; use at most {1024 * multiple}")
+    def _check_order(self, order: int) -> None:
         max_order = self.cache["max_order"]
         if order < 0:
             raise UsageError(f"order must be 0 or more (got {order}); 0 reuses the last full step's features")
@@ -276,31 +274,29 @@ class Pipeline:
             raise UsageError(f"order {order} is above the {max_order} this engine directory was exported for; "
                              f"use --order {max_order} or re-export with --max-order {order}")
 
-    def _encode(self, prompts: list[str]):
-        clip = self.tokenizers["clip"](prompts)
-        t5 = self.tokenizers["t5"](prompts)
-        pooled = self.backend.run("clip", {"input_ids": self.backend.asarray(clip.ids)})["pooled_projections"]
-        text = self.backend.run("t5", {"input_ids": self.backend.asarray(t5.ids)})["encoder_hidden_states"]
-        return text, pooled, {"clip": clip.truncated, "t5": t5.truncated}
-
-    def _request_buffers(self, b: int, n: int, order: int) -> dict[str, Any]:
-        """Device buffers for a batch and resolution, reused by every request of that shape."""
-        key = (b, n, order)
+    def _request_buffers(self, values: dict[str, int], order: int, latents: tuple[int, ...], g: int) -> dict[str, Any]:
+        """Device buffers for a request's shapes (as the manifest declares them), reused by every
+        request of those shapes."""
+        key = (tuple(sorted(values.items())), order, latents)
         if key not in self._buffers:
             self._buffers.clear()  # one shape's buffers at a time: the factors can be large
-            c_out = self.config["out_channels"]
-            streams, dim = len(self.cache["streams"]), self.cache["feature_dim"]
-            dt, zeros = self.dtypes, self.backend.zeros
-            state = TaylorState(order, lambda: zeros((streams, b, n, dim), dt["factors"]),
-                                slots=self.cache["max_order"] + 1)
+            m, dt, zeros = self.manifest, self.dtypes, self.backend.zeros
+            factor = shape_of(m, "forecast", "inputs", "factor_0", values)
+            sample = shape_of(m, "full", "outputs", "sample", values)
+            lite = self.cache["granularity"] == "lite"
+            state = TaylorState(order, lambda: zeros(factor, dt["factors"]), slots=self.cache["max_order"] + 1)
+            model_in = (latents[0] * g, *latents[1:])
             self._buffers[key] = {
-                "pred": zeros((b, n, c_out), dt["sample"]), "state": state,
+                "out": zeros(sample, dt["sample"]), "state": state,
                 "watch": StepWatch(self.backend, self.max_steps),
                 "coefficients": zeros((self.cache["max_order"] + 1,), dt["coefficients"]),
-                # the sampler step's float32 sum, and dt * prediction in the prediction's dtype
-                "wide": zeros((b, n, c_out)),
-                "narrow": None if dt["sample"] == "float32" else zeros((b, n, c_out), dt["sample"]),
-                "features": None if dt["features"] == dt["factors"] else zeros((streams, b, n, dim), dt["features"]),
+                # the model's batch when guidance doubles it, and the guided prediction
+                "model_in": zeros(model_in, dt["latents"]) if g > 1 else None,
+                "guided": zeros(latents, dt["sample"]) if g > 1 else None,
+                # the sampler step's float32 arithmetic, and dt * prediction in the prediction's dtype
+                "wide": zeros(latents),
+                "narrow": None if dt["sample"] == "float32" else zeros(latents, dt["sample"]),
+                "features": None if lite or dt["features"] == dt["factors"] else zeros(factor, dt["features"]),
             }
         return self._buffers[key]
 

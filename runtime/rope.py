@@ -23,9 +23,15 @@ def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float) -> tu
     return np.concatenate(cos, 1).astype(np.float32), np.concatenate(sin, 1).astype(np.float32)
 
 
+def image_ids(rows: int, cols: int) -> np.ndarray:
+    """Position ids of a rows x cols token grid: (0, row, column) per token."""
+    ids = np.zeros((rows, cols, 3), dtype=np.float32)
+    ids[..., 1] = np.arange(rows)[:, None]
+    ids[..., 2] = np.arange(cols)[None, :]
+    return ids.reshape(rows * cols, 3)
+
+
 def flux_rope(text_len: int, rows: int, cols: int, axes_dims, theta) -> tuple[np.ndarray, np.ndarray]:
     """Tables for the joint sequence: text tokens (all ids 0) first, then image tokens."""
-    from .sampler import image_ids
-
     ids = np.concatenate([np.zeros((text_len, 3), np.float32), image_ids(rows, cols)])
     return rope_tables(ids, tuple(axes_dims), theta)

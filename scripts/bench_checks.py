@@ -50,7 +50,7 @@ def main() -> None:
         for _ in range(n):
             arguments.check_types("a red circle", 0, args.steps, None, None, None, None, None, None, 0,
                                   "taylorseer", False, False, None)
-            memory.check(memory.estimate(pipe.manifest, pipe.dtypes, 1, 512, 512), 0, args.device, None, "")
+            memory.check(pipe.estimate(1, 512, 512), 0, args.device, None, "")
         upfront_us = (time.perf_counter() - t) / n * 1e6
         # the per-step check alone, on this size's prediction and latents: robust to a busy machine
         buf = next(iter(pipe._buffers.values()))

@@ -56,21 +56,19 @@ def main() -> None:
         print(json.dumps(measure(d, int(h), int(w), int(b))))
         return
 
-    from seer.engines.manifest import read_manifest
-    from seer.runtime.memory import estimate
-    from seer.runtime.pipeline import graph_dtypes
+    from seer.runtime.pipeline import Pipeline
 
     print("| directory | size | batch | loop MB | estimate MB | ratio | decoder MB | estimate MB | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for d in args.engine_dirs:
-        manifest = read_manifest(d, verify=False)
+        pipe = Pipeline.load(d, verify=False)
         for size in args.sizes:
             h, w = (int(v) for v in (size.split("x") if "x" in size else (size, size)))
             for b in args.batches:
                 out = subprocess.run([sys.executable, __file__, "--one", d, str(h), str(w), str(b)],
                                      capture_output=True, text=True, check=True).stdout
                 m = json.loads(out.strip().splitlines()[-1])
-                e = estimate(manifest, graph_dtypes(manifest), b, h, w)
+                e = pipe.estimate(b, h, w)
                 loop = e.buffers + e.transformer
                 print(f"| {d} | {h}x{w} | {b} | {m['loop'] / 1e6:.0f} | {loop / 1e6:.0f} | {loop / m['loop']:.2f} "
                       f"| {m['decoder'] / 1e6:.0f} | {e.decoder / 1e6:.0f} | {e.decoder / m['decoder']:.2f} |",

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from seer.errors import NonFiniteError, UsageError
 from seer.runtime import finite
 from seer.runtime.pipeline import Pipeline
-from seer.runtime.sampler import FlowMatchEuler
+from seer.runtime.samplers.flow_match import FlowMatchEuler
 from seer.runtime.taylor import TaylorState
 
 from cli_contract import one_line_error, run
@@ -109,14 +109,15 @@ def test_a_sampler_step_that_overflows(engine_modules, tmp_path, monkeypatch, ba
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_non_finite_text_features(engine_modules, monkeypatch, backend):
     pipe = Pipeline.load(engine_modules, backend=backend, trust_torch_programs=True)
-    encode = pipe._encode
+    condition = pipe.family.condition
 
-    def nan_t5(prompts):
-        text, pooled, truncated = encode(prompts)
+    def nan_t5(*args, **kwargs):
+        inputs, info = condition(*args, **kwargs)
+        text = inputs["encoder_hidden_states"]
         text = text.copy() if isinstance(text, np.ndarray) else text.clone()  # torch's are inference tensors
         text[0, 0, 0] = np.nan  # T5 overflowing in float16 would look like this
-        return text, pooled, truncated
-    monkeypatch.setattr(pipe, "_encode", nan_t5)
+        return {**inputs, "encoder_hidden_states": text}, info
+    monkeypatch.setattr(pipe.family, "condition", nan_t5)
     with pytest.raises(NonFiniteError, match="text encoders"):
         pipe("a red circle", **KW)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from seer.export import flux_export
+from seer.export import common as export_common, flux_export
 from seer.export.tiny import MAX_SEQUENCE_LENGTH
 from seer.runtime.pipeline import Pipeline
 from seer.runtime.precision import round_to
-from seer.runtime.sampler import FlowMatchEuler
+from seer.runtime.samplers.flow_match import FlowMatchEuler
 
 PROMPT = "a red circle at the top left"
 STEPS = 8
@@ -105,7 +105,7 @@ def test_manifest_records_each_graphs_precision(engine_bf16, engine_fp16):
         return m, {g: e["precision"] for g, e in m["graphs"].items()}, io
 
     m, precision, io = table(engine_bf16)
-    assert m["schema_version"] == 3 and m["precision"] == "bfloat16" and m["cache"]["factor_dtype"] == "bfloat16"
+    assert m["schema_version"] == 4 and m["precision"] == "bfloat16" and m["cache"]["factor_dtype"] == "bfloat16"
     assert precision == {"clip": "bfloat16", "t5": "bfloat16", "full": "bfloat16", "forecast": "bfloat16",
                          "vae_decoder": "float32"}
     assert io["full"]["hidden_states"] == io["full"]["features"] == io["forecast"]["factor_0"] == "bfloat16"
@@ -157,7 +157,7 @@ def engine_four_channels(tmp_path_factory, four_channels):
 
     out = tmp_path_factory.mktemp("engines") / "four"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(flux_export, "FULL_CHECK_LIMIT", 0)
+        mp.setattr(export_common, "FULL_CHECK_LIMIT", 0)
         mp.setattr(flux_export, "TORCH_PROGRAMS_LIMIT", 0)
         mp.setattr(flux_export, "export_graph", spy)
         flux_export.export_flux(str(four_channels), out, precision="fp16", factor_dtype="fp32", max_order=1,
@@ -211,12 +211,13 @@ def test_euler_step_is_the_schedulers_bit_for_bit(dtype, arrays):
     from diffusers import FlowMatchEulerDiscreteScheduler
     sampler = FlowMatchEuler()
     steps, n = 12, 64
-    sigmas = sampler.sigmas(steps, n)
+    plan = sampler.plan(steps, n, dtype)
+    sigmas = plan.sigmas
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     sched.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=sampler.mu(n))
     np.testing.assert_array_equal(sched.sigmas.numpy(), sigmas)
     tdt = getattr(torch, dtype)
-    assert np.array_equal(sampler.timesteps(sigmas, dtype), (sched.timesteps.to(tdt) / 1000).float().numpy())
+    assert np.array_equal(plan.model_timesteps, (sched.timesteps.to(tdt) / 1000).float().numpy())
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, n, 16, generator=g).to(tdt)
     ours = latents.clone() if arrays == "torch" else latents.numpy().copy()
@@ -226,6 +227,6 @@ def test_euler_step_is_the_schedulers_bit_for_bit(dtype, arrays):
     for i, t in enumerate(sched.timesteps):
         pred = torch.randn(1, n, 16, generator=g).to(tdt)
         latents = sched.step(pred, t, latents, return_dict=False)[0]
-        sampler.step(ours, pred if arrays == "torch" else pred.numpy(), sigmas[i + 1] - sigmas[i], wide, narrow)
+        sampler.step(plan, i, ours, pred if arrays == "torch" else pred.numpy(), wide, narrow)
         np.testing.assert_array_equal(np.asarray(ours.float() if arrays == "torch" else ours, np.float32),
                                       latents.float().numpy())

@@ -12,7 +12,7 @@ import pytest
 
 from seer.errors import MemoryLimitError, UsageError
 from seer.runtime import memory
-from seer.runtime.pipeline import Pipeline, graph_dtypes
+from seer.runtime.pipeline import Pipeline
 
 from cli_contract import one_line_error as one_error_line, run as run_cli
 
@@ -24,13 +24,14 @@ def test_the_estimate_is_the_documented_formula(engine_modules):
     at 1024x1024, batch 1: N = 64 x 64 = 4096 image tokens, T = 4112."""
     m = json.loads((engine_modules / "manifest.json").read_text())
     assert m["latent"]["vae_block_out_channels"] == [16, 32, 32, 32]
-    e = memory.estimate(m, graph_dtypes(m), 1, 1024, 1024)
+    pipe = Pipeline.load(engine_modules)
+    e = pipe.estimate(1, 1024, 1024)
     assert e.buffers == (2 + 2) * 8 * 4096 * 64 * 4 + 3 * 4 * 4096 * 64
     assert e.transformer == int(6 * 4 * 4 * 4112**2 + 96 * 4 * 4112 * 64 + 3.5 * 4 * 8 * 4096 * 64)
     assert e.decoder == 2 * 4 * (4 * 4096) ** 2 + 20 * 1024 * 1024 * 32
     # a directory written before the key existed is estimated with FLUX.1-dev's wider VAE: never less
-    del m["latent"]["vae_block_out_channels"]
-    assert memory.estimate(m, graph_dtypes(m), 1, 1024, 1024).decoder > e.decoder
+    del pipe.manifest["latent"]["vae_block_out_channels"]
+    assert pipe.estimate(1, 1024, 1024).decoder > e.decoder
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc/self/clear_refs")
@@ -41,8 +42,7 @@ def test_the_estimate_covers_a_measured_peak(engine_modules):
     out = subprocess.run([sys.executable, SCRIPTS / "memory_calibration.py", "--one", str(engine_modules), "512",
                           "512", "1"], capture_output=True, text=True, check=True).stdout
     measured = json.loads(out.strip().splitlines()[-1])
-    m = json.loads((engine_modules / "manifest.json").read_text())
-    e = memory.estimate(m, graph_dtypes(m), 1, 512, 512)
+    e = Pipeline.load(engine_modules).estimate(1, 512, 512)
     assert measured["loop"] <= e.buffers + e.transformer <= 2.5 * measured["loop"], measured
     assert measured["decoder"] <= e.decoder <= 2.5 * measured["decoder"], measured
 
@@ -62,8 +62,7 @@ def test_a_request_over_the_available_memory_is_refused(engine_modules, monkeypa
     monkeypatch.setattr(memory, "available", lambda device: 50 * 10**6)
     pipe = Pipeline.load(engine_modules)
     pipe("a red circle", steps=2, height=128, width=128)
-    m = json.loads((engine_modules / "manifest.json").read_text())
-    held = memory.estimate(m, graph_dtypes(m), 1, 128, 128).total  # what the 128x128 request left allocated
+    held = pipe.estimate(1, 128, 128).total  # what the 128x128 request left allocated
     free = memory.gb(50 * 10**6 + held)
     with pytest.raises(MemoryLimitError, match=rf"1024x1024 at batch 1 needs about 4.61 GB .* only {free} is free"):
         pipe("a red circle", steps=2, height=1024, width=1024)
@@ -155,8 +154,7 @@ def test_the_largest_seed_and_step_count_run(engine_modules):
 
 def test_guidance_on_a_model_without_it_is_a_warning(engine_modules, tmp_path):
     g = Pipeline.load(engine_modules)("a red circle", steps=2, guidance_scale=7.0)
-    assert g.warnings == ["guidance scale 7.0 ignored: this directory's model takes no guidance input (it is not "
-                          "guidance-distilled)"]
+    assert g.warnings == ["guidance scale 7.0 ignored: this directory's model takes no guidance"]
     assert Pipeline.load(engine_modules)("a red circle", steps=2).warnings == []
     code, out = run_cli([engine_modules, "-p", "a red circle", "--steps", "2", "--guidance", "7",
                          "--out", tmp_path / "x.png"])

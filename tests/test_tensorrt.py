@@ -63,7 +63,7 @@ def test_dynamic_profile_ranges(engine_modules):
 def test_symbolic_dims():
     values = {"B": 2, "N_img": 10, "H_latent": 3}
     assert [tb.eval_dim(d, values) for d in (7, "B", "N_img + 16", "2*H_latent", "N_img - 1")] == [7, 2, 26, 6, 9]
-    for bad in ("__import__('os')", "N_img / 2", "Q"):
+    for bad in ("__import__('os')", "N_img / 2", "Q", "N_img // 0"):
         with pytest.raises(UsageError, match="symbolic dimension"):
             tb.eval_dim(bad, values)
 

@@ -1,11 +1,11 @@
-"""FLUX's flow-matching Euler sampler and latent layout, in numpy.
+"""Flow-matching Euler, as diffusers' FlowMatchEulerDiscreteScheduler steps FLUX.
 
-Mirrors diffusers' FluxPipeline + FlowMatchEulerDiscreteScheduler: sigmas linear from 1 to 1/steps,
-shifted by the resolution-dependent exponential time shift (mu interpolated linearly in the
-image-token count), computed in float32 as diffusers does, with a terminal sigma of 0. The
-transformer sees timestep = sigma (the graphs scale by 1000 themselves), rounded as FluxPipeline
-rounds it in the model's precision, and the step is the scheduler's: `dt * prediction` in the
-prediction's dtype, the sum in float32, the new latents rounded back to their dtype.
+Sigmas linear from 1 to 1/steps, shifted by the resolution-dependent exponential time shift (mu
+interpolated linearly in the image-token count), computed in float32 as diffusers does, with a
+terminal sigma of 0. The transformer sees timestep = sigma (the graphs scale by 1000 themselves),
+rounded as FluxPipeline rounds it in the model's precision, and the step is the scheduler's:
+`dt * prediction` in the prediction's dtype, the sum in float32, the new latents rounded back to
+their dtype.
 """
 
 from __future__ import annotations
@@ -15,12 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import NonFiniteError
-from .precision import round_to
+from ...errors import NonFiniteError
+from ..finite import sigma_error
+from ..precision import round_to
+
+
+@dataclass(frozen=True)
+class FlowMatchPlan:
+    model_timesteps: np.ndarray  # float32 [steps]: the transformer's timestep input at each step
+    sigmas: np.ndarray  # float32 [steps + 1], the last one 0
 
 
 @dataclass(frozen=True)
 class FlowMatchEuler:
+    type = "flow_match_euler"
     num_train_timesteps: int = 1000
     shift: float = 3.0
     use_dynamic_shifting: bool = True
@@ -32,6 +40,26 @@ class FlowMatchEuler:
     @classmethod
     def from_manifest(cls, cfg: dict) -> FlowMatchEuler:
         return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+    from_diffusers = from_manifest  # the scheduler config's keys are the manifest's
+
+    def to_manifest(self) -> dict:
+        return {"type": self.type, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+    @property
+    def max_steps(self) -> int:
+        """More steps than the training timesteps would only repeat timesteps."""
+        return int(self.num_train_timesteps)
+
+    def plan(self, steps: int, image_seq_len: int, dtype: str = "float32") -> FlowMatchPlan:
+        sigmas = self.sigmas(steps, image_seq_len)
+        if not np.isfinite(sigmas).all():
+            raise sigma_error(sigmas)
+        return FlowMatchPlan(self.timesteps(sigmas, dtype), sigmas)
+
+    def step(self, plan: FlowMatchPlan, i: int, latents, prediction, wide, narrow=None) -> None:
+        """From step i to i + 1, in place (`euler_step`)."""
+        self.euler_step(latents, prediction, plan.sigmas[i + 1] - plan.sigmas[i], wide, narrow)
 
     def mu(self, image_seq_len: int) -> float:
         m = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
@@ -60,7 +88,7 @@ class FlowMatchEuler:
         return round_to(t / np.float32(1000), dtype)
 
     @staticmethod
-    def step(latents, prediction, dt: float, wide, narrow=None) -> None:
+    def euler_step(latents, prediction, dt: float, wide, narrow=None) -> None:
         """latents += dt * prediction, in place, as FlowMatchEulerDiscreteScheduler.step computes it.
 
         `wide`: a float32 buffer of the latents' shape; `narrow`: one in the prediction's dtype when
@@ -76,28 +104,3 @@ class FlowMatchEuler:
             wide[...] = narrow
         wide += latents
         latents[...] = wide
-
-
-def latent_grid(height: int, width: int, vae_scale_factor: int) -> tuple[int, int]:
-    """Rows and columns of packed (2x2) latent tokens for an image size."""
-    return height // (vae_scale_factor * 2), width // (vae_scale_factor * 2)
-
-
-def image_ids(rows: int, cols: int) -> np.ndarray:
-    ids = np.zeros((rows, cols, 3), dtype=np.float32)
-    ids[..., 1] = np.arange(rows)[:, None]
-    ids[..., 2] = np.arange(cols)[None, :]
-    return ids.reshape(rows * cols, 3)
-
-
-def pack(latents: np.ndarray) -> np.ndarray:
-    """[B, C, H, W] -> [B, (H/2)(W/2), 4C], the token layout of the transformer."""
-    b, c, h, w = latents.shape
-    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3, 5)
-    return np.ascontiguousarray(x.reshape(b, (h // 2) * (w // 2), c * 4))
-
-
-def unpack(tokens: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    b, n, c4 = tokens.shape
-    x = tokens.reshape(b, rows, cols, c4 // 4, 2, 2).transpose(0, 3, 1, 4, 2, 5)
-    return np.ascontiguousarray(x.reshape(b, c4 // 4, rows * 2, cols * 2))
