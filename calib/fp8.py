@@ -28,18 +28,17 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UsageError
+from ..export.flux import FP8_KEPT
 from ..prompts import read_prompt_file
 
 E4M3_MAX = 448.0
 FORMAT = "seer.fp8-calibration"
-# Linear layers kept in full precision (module names of diffusers' FluxTransformer2DModel).
-EXCLUDED = re.compile(r"^(x_embedder|context_embedder|time_text_embed\..*|norm_out\..*|proj_out"
-                      r"|(transformer_blocks|single_transformer_blocks)\.\d+\.norm1?(_context)?\.linear)$")
 
 
-def quantizable(name: str) -> bool:
-    """Whether the transformer's linear layer `name` is quantized to FP8."""
-    return EXCLUDED.match(name) is None
+def quantizable(name: str, kept: re.Pattern = FP8_KEPT) -> bool:
+    """Whether the transformer's linear layer `name` is quantized to FP8 (`kept`: the family's
+    layers that stay in float, FLUX's by default)."""
+    return kept.match(name) is None
 
 
 def read_prompts(path: str | Path) -> list[str]:

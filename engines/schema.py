@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineDirError
-from .shapes import symbols
+from ..errors import EngineDirError, UsageError
+from .shapes import dim_values, symbols
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
@@ -31,7 +31,9 @@ def _validator():
 
 def validate(manifest: Any, where: str) -> None:
     """Raise EngineDirError naming the first problem: schema, then consistency."""
-    errors = sorted(_validator().iter_errors(manifest), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    # a wrong kind (a const or enum: "ddim" where flow_match_euler belongs) says more than what it then lacks
+    errors = sorted(_validator().iter_errors(manifest),
+                    key=lambda e: (e.validator not in ("const", "enum"), list(map(str, e.absolute_path)), e.message))
     if errors:
         e = errors[0]
         raise EngineDirError(f"{where}: {_key(manifest, e.absolute_path)}: {_message(e)}; the manifest is damaged or "
@@ -112,6 +114,10 @@ def _family_inconsistency(m: dict, graphs: dict) -> tuple[str | None, list]:
         if latent["packed_channels"] != 4 * latent["channels"] or cfg["in_channels"] != latent["packed_channels"]:
             return (f"latent.packed_channels {latent['packed_channels']} must be 4 x latent.channels "
                     f"({latent['channels']}) and equal model.config.in_channels ({cfg['in_channels']})"), []
+        t = 2 * latent["vae_scale_factor"]  # pixels per token side: one token per 2x2 latent pixels
+        if _dims(m, 1, 5 * t, 7 * t, 1, ("N_img", "H_latent", "W_latent")) != (35, 5, 7):
+            return (f"dims {m['dims']} do not describe FLUX's 2x2 packing of a vae_scale_factor "
+                    f"{latent['vae_scale_factor']} latent (N_img = (H // {t}) * (W // {t}))"), []
         s = m["sampler"]
         if s.get("use_dynamic_shifting", True) and s.get("max_image_seq_len", 4096) == s.get("base_image_seq_len", 256):
             return "sampler.max_image_seq_len equals base_image_seq_len: the dynamic shift is undefined", []
@@ -140,6 +146,8 @@ def _family_inconsistency(m: dict, graphs: dict) -> tuple[str | None, list]:
                 f"latent.channels {latent['channels']} (out is in, or twice in with a learned variance)"), []
     if cfg["sample_size"] % cfg["patch_size"]:
         return f"model.config.sample_size {cfg['sample_size']} is not a multiple of patch_size {cfg['patch_size']}", []
+    if _dims(m, 3, 1, 1, 2, ("B_model",)) != (6,) or _dims(m, 3, 1, 1, 1, ("B_model",)) != (3,):
+        return f"dims {m['dims']} do not make the transformer's batch B_model = G * B", []
     size = cfg["sample_size"]
     return None, [
         ("graphs.full.inputs hidden_states", _static(graphs["full"][0]["hidden_states"]["shape"], 1), cfg["in_channels"]),
@@ -147,6 +155,15 @@ def _family_inconsistency(m: dict, graphs: dict) -> tuple[str | None, list]:
         ("graphs.full.inputs hidden_states width", _static(graphs["full"][0]["hidden_states"]["shape"], 3), size),
         ("graphs.full.outputs sample", _static(graphs["full"][1]["sample"]["shape"], 1), cfg["out_channels"]),
     ]
+
+
+def _dims(m: dict, b: int, h: int, w: int, g: int, names: tuple[str, ...]) -> tuple | None:
+    """The values `dims` gives these symbols for one request, or None where it does not define them."""
+    try:
+        values = dim_values(m, b, h, w, g)
+    except UsageError:
+        return None
+    return tuple(values.get(n) for n in names)
 
 
 def _inconsistency(m: dict) -> str | None:

@@ -19,12 +19,18 @@ is the Taylor sum alone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..runtime.taylor import forecast
+
+# Linear layers FP8 keeps in the graph's precision (module names of diffusers' FluxTransformer2DModel):
+# the embedders, every modulation linear (the timestep path), norm_out and the final proj_out.
+FP8_KEPT = re.compile(r"^(x_embedder|context_embedder|time_text_embed\..*|norm_out\..*|proj_out"
+                      r"|(transformer_blocks|single_transformer_blocks)\.\d+\.norm1?(_context)?\.linear)$")
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,18 @@ def test_other_schema_version(engine_copy, version, fix):
     _one_line_error(*run([engine_copy, "-p", "x"]), f"schema v{version}", fix)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_directories_still_run(engine_copy, version):
     m = json.loads((engine_copy / "manifest.json").read_text())
-    assert m["schema_version"] == 3
-    # what seer wrote before per-graph precision (v2) and before FP8 and TensorRT plans (v1): float32
-    # graphs, the same keys minus those
+    assert m["schema_version"] == 4
+    # what seer wrote before model families (v3: FLUX only, its guidance and sizes implied), before
+    # per-graph precision (v2) and before FP8 and TensorRT plans (v1): the same keys minus those
     m["schema_version"] = version
-    for g in m["graphs"].values():
-        del g["precision"]
-    del m["cache"]["factor_dtype"]
+    del m["guidance"], m["dims"]
+    if version < 3:
+        for g in m["graphs"].values():
+            del g["precision"]
+        del m["cache"]["factor_dtype"]
     (engine_copy / "manifest.json").write_text(json.dumps(m))
     assert run([engine_copy, "-p", "a red circle", "--steps", "2", "--out", str(engine_copy / "x.png")])[0] == 0
 

@@ -287,3 +287,25 @@ def test_no_unconditional_class_refuses_guidance(engine_dit, tmp_path):
 def test_flux_refuses_class_labels(engine_modules):
     with pytest.raises(UsageError, match="takes a prompt, not class labels"):
         Pipeline.load(engine_modules)(class_labels=[1], steps=2)
+
+
+def test_warmup_runs_every_graph(engine_dit):
+    pipe = Pipeline.load(engine_dit)
+    ran, real_run = [], pipe.backend.run
+    pipe.backend.run = lambda graph, *a, **kw: ran.append(graph) or real_run(graph, *a, **kw)
+    pipe.warmup()
+    assert set(ran) == {"full", "forecast", "vae_decoder"} and ran.count("full") >= 2
+
+
+def test_tensorrt_profiles_come_from_the_manifest(engine_dit):
+    """No TensorRT needed: the optimization profile seer-build would build, from `dims` alone. The
+    transformer's batch spans one image unguided to twice the largest batch guided."""
+    from seer.engines import tensorrt_build as tb
+
+    m = json.loads((engine_dit / "manifest.json").read_text())
+    shapes = tb.profile_shapes(m, tb.BuildOptions(batch=(1, 2, 4)))
+    assert shapes["full"]["hidden_states"] == {"min": [1, 4, 8, 8], "opt": [4, 4, 8, 8], "max": [8, 4, 8, 8]}
+    assert shapes["forecast"]["factor_0"]["max"] == [4, 8, 16, 16]
+    assert shapes["vae_decoder"]["latents"] == {"min": [1, 4, 8, 8], "opt": [2, 4, 8, 8], "max": [4, 4, 8, 8]}
+    with pytest.raises(UsageError, match="16x16 images only"):
+        tb.BuildOptions(sizes=((32, 32),) * 3).validate(m)

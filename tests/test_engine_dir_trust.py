@@ -277,9 +277,13 @@ BAD_VALUES = [  # (key, value, what the error line names)
     ("graphs.clip.onnx", "clip.onnx\n", "graphs.clip.onnx"),
     # values within their ranges that the graphs or tokenizers cannot take
     ("text.t5.pad_id", 10**7, "outside the tokenizer's vocabulary"),
-    ("graphs.t5.inputs.0.shape", ["B", "L"], "'input_ids' with shape ['B', 'L']"),
+    ("graphs.t5.inputs.0.shape", ["B", "L"], "size 'L' that dims does not define"),
+    ("dims.N_img", "(H // 8) * (W // 16)", "FLUX's 2x2 packing"),
+    ("dims.N_img", "__import__('os')", "dims.N_img"),
+    ("guidance.kind", "cfg", "guidance.kind"),
+    ("model.family", "wan", "model.family"),
     ("graphs.clip.onnx", "tokenizers/clip.json", "not an ONNX graph"),
-    ("latent.vae_scale_factor", 4, "does not describe its decoder"),  # a 64x64 request would be 128x128
+    ("latent.vae_scale_factor", 4, "FLUX's 2x2 packing"),  # the graphs' sizes would not be the runtime's
     ("sampler", {"type": "flow_match_euler", "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
                  "base_shift": -100, "max_shift": 100, "base_image_seq_len": 1, "max_image_seq_len": 2},
      "time shift overflows"),
