@@ -28,6 +28,13 @@ MEMORY_FACTOR = 1.35
 GRANULARITIES = ("modules", "lite")
 
 
+def cache_section(shape, cache: str, max_order: int, factor_dtype: str) -> dict[str, Any]:
+    """The manifest's `cache` section for a family's shape (its `stream_names` and `feature_dim`)."""
+    return {"granularity": cache, "max_order": max_order, "streams": shape.stream_names(cache),
+            "feature_dim": shape.feature_dim(cache), "feature_output": "sample" if cache == "lite" else "features",
+            "factor_dtype": factor_dtype}
+
+
 def check_cache_options(cache: str, max_order: int) -> None:
     if cache not in GRANULARITIES:
         raise UsageError(f"unknown cache granularity {cache!r}; choose one of {', '.join(GRANULARITIES)}")
@@ -114,3 +121,17 @@ def log_tensorrt_readiness(directory: Path, graphs: dict[str, Any], log) -> None
         log(f"  {f}")
 
 
+
+
+def finish(tmp: Path, manifest: dict[str, Any], phases: Phases, started: float, log) -> dict[str, Any]:
+    """Write the manifest (last: a directory without one is never a finished export) and check the
+    graphs' TensorRT readiness."""
+    import time
+
+    from ..engines.manifest import write_manifest
+
+    manifest = write_manifest(tmp, manifest)
+    log_tensorrt_readiness(tmp, manifest["graphs"], log)
+    phases.close()
+    log(f"exported in {time.perf_counter() - started:.1f} s")
+    return manifest

@@ -19,13 +19,13 @@ import torch
 from torch.export import Dim
 
 from .. import __version__
-from ..engines.manifest import write_manifest
 from ..engines.writing import claiming_engine_dir, writing_engine_dir
 from ..errors import UsageError
 from ..runtime.precision import dtype_name
 from ..runtime.samplers.ddim import DDIM
 from .checkpoint import Checkpoint, check_resources, release
-from .common import MEMORY_FACTOR, TORCH_PROGRAMS_LIMIT, Phases, check_cache_options, checked, log_tensorrt_readiness
+from .common import (MEMORY_FACTOR, TORCH_PROGRAMS_LIMIT, Phases, cache_section, check_cache_options, checked,
+                     finish)
 from .dit import DitForecast, DitFull, DitShape
 from .flux import VaeDecode
 from .graphs import GraphIO, export_graph
@@ -104,14 +104,7 @@ def _export_dit(model, claim, cache, max_order, torch_program, log, precision, f
             "latent": {"channels": shape.in_channels, "vae_scale_factor": vae_scale, "sample_size": size,
                        "vae_block_out_channels": list(vae_cfg["block_out_channels"])},
             "classes": classes,
-            "cache": {
-                "granularity": cache,
-                "max_order": max_order,
-                "streams": shape.stream_names(cache),
-                "feature_dim": shape.feature_dim(cache),
-                "feature_output": "sample" if cache == "lite" else "features",
-                "factor_dtype": factor_dtype,
-            },
+            "cache": cache_section(shape, cache, max_order, factor_dtype),
             "defaults": {
                 "height": size * vae_scale, "width": size * vae_scale, "steps": 50,
                 "guidance_scale": guidance_scale if shape.has_null_class else 1.0,
@@ -119,10 +112,7 @@ def _export_dit(model, claim, cache, max_order, torch_program, log, precision, f
             },
             "graphs": graphs,
         }
-        manifest = write_manifest(tmp, manifest)
-        log_tensorrt_readiness(tmp, graphs, log)
-        phases.close()
-        log(f"exported in {time.perf_counter() - started:.1f} s")
+        manifest = finish(tmp, manifest, phases, started, log)
     return manifest
 
 

@@ -23,13 +23,13 @@ import torch
 from torch.export import Dim
 
 from .. import __version__
-from ..engines.manifest import write_manifest
 from ..engines.writing import claiming_engine_dir, writing_engine_dir
 from ..errors import UsageError
 from ..runtime.precision import BYTES, dtype_name
 from ..runtime.rope import flux_rope
 from .checkpoint import Checkpoint, check_resources, release
-from .common import MEMORY_FACTOR, TORCH_PROGRAMS_LIMIT, Phases, check_cache_options, checked, log_tensorrt_readiness
+from .common import (MEMORY_FACTOR, TORCH_PROGRAMS_LIMIT, Phases, cache_section, check_cache_options, checked,
+                     finish)
 from .flux import ClipPooled, FluxForecast, FluxFull, FluxShape, T5Hidden, VaeDecode
 from .graphs import GraphIO, export_graph, save_torch_program
 from .source import EMBEDDED, resolve
@@ -189,22 +189,12 @@ def _export_flux(model, claim, cache, max_order, torch_program, max_sequence_len
                        # the VAE decoder's widths: the runtime's memory estimate scales with them
                        "vae_block_out_channels": list(vae_cfg["block_out_channels"])},
             "text": text,
-            "cache": {
-                "granularity": cache,
-                "max_order": max_order,
-                "streams": shape.stream_names(cache),
-                "feature_dim": shape.feature_dim(cache),
-                "feature_output": "sample" if cache == "lite" else "features",
-                "factor_dtype": factor_dtype,
-            },
+            "cache": cache_section(shape, cache, max_order, factor_dtype),
             "defaults": defaults,
             "graphs": graphs,
             **({"quantization": quantization} if quantization else {}),
         }
-        manifest = write_manifest(tmp, manifest)
-        log_tensorrt_readiness(tmp, graphs, log)
-        phases.close()
-        log(f"exported in {time.perf_counter() - started:.1f} s")
+        manifest = finish(tmp, manifest, phases, started, log)
     return manifest
 
 
