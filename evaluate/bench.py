@@ -1,14 +1,13 @@
 """seer-bench: speed and quality of TaylorSeer schedules against the unaccelerated model, the
 schedule's ideal speed-up, and what users would run instead, measured side by side in one run.
 
-Three phases, all on the same weights, prompts and seeds:
+Three phases, all on the same weights, conditions (prompts for FLUX, classes for DiT) and seeds:
 
-1. quality: the harness generates every prompt and seed once per row (ours: `--no-cache` and each
-   schedule for every engine directory; peers: diffusers' FluxPipeline without a cache, with its
-   TaylorSeer hook at the first schedule, attention and MLP modules hooked as ours caches, and with
-   its FirstBlockCache at a few thresholds) and scores it against seer's `--no-cache` images;
+1. quality: the harness generates every condition and seed once per row (ours: `--no-cache` and each
+   schedule for every engine directory; peers: diffusers' own pipeline on the same weights, see
+   `Peers`) and scores it against seer's `--no-cache` images;
 2. time: every pipeline is loaded and warmed up, then `repeats` rounds each run every row once on
-   the first prompt, in the same order, so that slow drifts of the machine reach every row alike;
+   the first condition, in the same order, so that slow drifts of the machine reach every row alike;
    a row's time is its median over the rounds. Our rows also time each step (the backend is
    synchronous on the CPU; on a GPU one more round synchronizes at each step for this only): the
    median full step and forecast step give the ideal speed-up of a schedule, `steps / full`, and
@@ -36,7 +35,19 @@ from . import harness
 from .peak import peak_rss_mib
 
 FBC_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
+DEFAULT_COUNT = 8  # prompts or classes for the quality numbers (classes: all when the model has fewer)
 Progress = Callable[[str], None]
+# Our schedules when none are given, per model family: TaylorSeer's FLUX settings; for DiT,
+# TaylorSeer-DiT's own (interval 4, order 2, 2 warm-up steps) and two around it.
+DEFAULT_SCHEDULES = {"flux": ("6/1/3", "4/2/3", "3/1/3"), "dit": ("4/2/2", "6/1/3", "4/2/3")}
+# diffusers' pipeline per model family, and whether its cache hooks (TaylorSeer, FirstBlockCache) run on
+# it. Not on DiT, in diffusers 0.42.1: DiTTransformer2DModel has no CacheMixin (no enable_cache), and
+# hooks applied by hand (apply_taylorseer_cache, apply_first_block_cache) fail at the first step, "No cache
+# context is set", because DiTPipeline calls the transformer outside any cache_context. DiT gets the
+# no-cache peer only.
+PEER_PIPELINES = {"flux": ("FluxPipeline", True), "dit": ("DiTPipeline", False)}
+NO_HOOKS_NOTE = ("diffusers' TaylorSeer and FirstBlockCache hooks do not run on {pipeline} (its transformer has no "
+                 "enable_cache and the pipeline sets no cache context), so diffusers is measured without a cache only")
 
 
 def ideal(steps: int, full: float, forecast_ratio: float) -> tuple[float, float]:
@@ -44,22 +55,38 @@ def ideal(steps: int, full: float, forecast_ratio: float) -> tuple[float, float]
     return steps / full, steps / (full + (steps - full) * forecast_ratio)
 
 
+def peer_pipeline(family: str | None) -> tuple[str, bool]:
+    """(diffusers' pipeline class for this model family, whether its cache hooks run on it)."""
+    if family not in PEER_PIPELINES:
+        raise UsageError(f"seer-bench has no diffusers peer for the {family!r} model family; pass --no-peers")
+    return PEER_PIPELINES[family]
+
+
 class Peers:
-    """diffusers' FluxPipeline on the same weights: no cache, its TaylorSeer hook, its FirstBlockCache."""
+    """diffusers' own pipeline on the same weights: FluxPipeline without a cache, with its TaylorSeer hook
+    (attention and MLP modules hooked as ours caches) and with its FirstBlockCache at a few thresholds;
+    DiTPipeline without a cache (its hooks do not run on DiT: PEER_PIPELINES)."""
 
     def __init__(self, model_dir: Path, steps: int, spec: harness.ScheduleSpec, device: str = "cpu",
-                 dtype: str = "float32"):
-        """`dtype`: the engine directory's precision, so that both sides compute in the same one."""
+                 dtype: str = "float32", family: str = "flux", guidance: float | None = None):
+        """`dtype`: the engine directory's precision, so that both sides compute in the same one;
+        `guidance`: the scale ours runs at (FLUX.1-dev's embedded guidance, DiT's classifier-free;
+        None: the pipeline's own default)."""
+        import diffusers
         import torch
-        from diffusers import FluxPipeline
 
+        pipeline, hooks = peer_pipeline(family)
         self.torch, self.steps, self.device, self.dtype = torch, steps, device, getattr(torch, dtype)
-        self.pipe = FluxPipeline.from_pretrained(model_dir, dtype=self.dtype).to(device)
+        self.family, self.guidance = family, guidance
+        self.pipe = getattr(diffusers, pipeline).from_pretrained(model_dir, dtype=self.dtype).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.size = self.pipe.vae.config.sample_size
-        self.text_len = int(self.pipe.tokenizer_2.model_max_length)
-        self.rows = [("diffusers", "none", None), ("diffusers-taylorseer", spec.label, spec)]
-        self.rows += [("diffusers-fbcache", f"threshold {t}", t) for t in FBC_THRESHOLDS]
+        if family == "flux":
+            self.size = self.pipe.vae.config.sample_size
+            self.text_len = int(self.pipe.tokenizer_2.model_max_length)
+        self.rows = [("diffusers", "none", None)]
+        if hooks:
+            self.rows += [("diffusers-taylorseer", spec.label, spec)]
+            self.rows += [("diffusers-fbcache", f"threshold {t}", t) for t in FBC_THRESHOLDS]
 
     def full_steps(self, row: int) -> int | None:
         """Transformer runs per image where the peer's schedule fixes them (None for FirstBlockCache,
@@ -86,8 +113,15 @@ class Peers:
             cache_identifiers=[r"^transformer_blocks\.\d+\.(attn|ff)$",
                                r"^single_transformer_blocks\.\d+\.(attn|proj_mlp)$"])
 
-    def generate(self, row: int, prompt: str, seed: int) -> tuple[np.ndarray, float]:
-        """(the uint8 image, seconds) of peer `row` for one prompt and seed."""
+    def _inputs(self, condition) -> dict:
+        """The pipeline's conditioning arguments: a prompt at the model's size, or one class id."""
+        if self.family == "flux":
+            return {"prompt": condition, "height": self.size, "width": self.size,
+                    "max_sequence_length": self.text_len}
+        return {"class_labels": [condition]}
+
+    def generate(self, row: int, condition, seed: int) -> tuple[np.ndarray, float]:
+        """(the uint8 image, seconds) of peer `row` for one condition (prompt or class id) and seed."""
         config = self._config(self.rows[row][2])
         if config is not None:
             self.pipe.transformer.enable_cache(config)
@@ -95,8 +129,8 @@ class Peers:
             self._sync()
             t0 = time.perf_counter()
             with self.torch.no_grad():
-                out = self.pipe(prompt, height=self.size, width=self.size, num_inference_steps=self.steps,
-                                guidance_scale=3.5, max_sequence_length=self.text_len, output_type="np",
+                scale = {} if self.guidance is None else {"guidance_scale": self.guidance}
+                out = self.pipe(**self._inputs(condition), **scale, num_inference_steps=self.steps, output_type="np",
                                 generator=self.torch.Generator().manual_seed(seed)).images[0]
             self._sync()
             seconds = time.perf_counter() - t0
@@ -110,8 +144,10 @@ class Peers:
             self.torch.cuda.synchronize()
 
 
-def timed_seer(pipe, spec: harness.ScheduleSpec, prompt: str, seed: int, steps: int, per_step: bool) -> dict:
-    """One generation's times; with `per_step`, each step's too (synchronized at every step)."""
+def timed_seer(pipe, spec: harness.ScheduleSpec, condition, seed: int, steps: int, per_step: bool,
+               guidance: float | None = None) -> dict:
+    """One generation's times for a prompt or class id; with `per_step`, each step's too (synchronized at
+    every step)."""
     marks: list[tuple[bool, float]] = []
     last = [0.0]
 
@@ -122,8 +158,10 @@ def timed_seer(pipe, spec: harness.ScheduleSpec, prompt: str, seed: int, steps: 
         last[0] = now
 
     last[0] = time.perf_counter()
-    g = pipe(prompt, seed=seed, steps=steps, on_step=on_step if per_step else None, **spec.kwargs())
-    if per_step:  # the first mark also holds the text encoders: time steps from the first step's end
+    extra = {} if guidance is None else {"guidance_scale": guidance}
+    g = pipe(**harness.condition_kwargs(pipe.family.conditioning, condition), seed=seed, steps=steps,
+             on_step=on_step if per_step else None, **extra, **spec.kwargs())
+    if per_step:  # the first mark also holds the conditioning (text encoders): time steps from the first step's end
         marks = marks[1:]
     return {"generation_s": g.timings["total"], "loop_s": g.timings["denoise"],
             "full_step_s": [dt for full, dt in marks if full], "forecast_step_s": [dt for full, dt in marks if not full]}
@@ -165,64 +203,73 @@ def peak_memory(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: list[str], seeds: list[int],
+def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], conditions: list | None, seeds: list[int],
         steps: int | None, backend: str = "onnxruntime", device: str = "cpu", with_peers: bool = True,
         repeats: int = 3, memory: bool = True, judge: bool = True, size: str | None = None,
-        progress: Progress = lambda m: None, cuda_graphs: bool = False, trust_torch_programs: bool = False) -> dict:
-    """`cuda_graphs`: time our rows with the transformer paths replayed as CUDA graphs.
-    `trust_torch_programs`: let --backend torch load the directories' .pt2 programs (they run code)."""
+        progress: Progress = lambda m: None, cuda_graphs: bool = False, trust_torch_programs: bool = False,
+        count: int | None = None, guidance: float | None = None) -> dict:
+    """`conditions`: prompts (FLUX) or class ids and names (DiT), or None for `count` (DEFAULT_COUNT when
+    None) of the default set (harness.conditions_for). `schedules`: ours [default: DEFAULT_SCHEDULES of the directories' family].
+    `cuda_graphs`: time our rows with the transformer paths replayed as CUDA graphs.
+    `trust_torch_programs`: let --backend torch load the directories' .pt2 programs (they run code).
+    `guidance`: the guidance scale of every row, ours and diffusers' [default: the directory's]."""
     from ..engines.manifest import read_manifest
     from ..export.source import resolve
     from ..runtime.pipeline import Pipeline
 
     if repeats < 1:
         raise UsageError(f"--repeats must be 1 or more (got {repeats})")
+    _, family = harness.conditioning_of(engine_dirs)
+    if not schedules:
+        schedules = [harness.ScheduleSpec.parse(s) for s in DEFAULT_SCHEDULES.get(family, DEFAULT_SCHEDULES["flux"])]
     schedules = [harness.ScheduleSpec(no_cache=True), *[s for s in schedules if not s.no_cache]]
     cached = [s for s in schedules if not s.no_cache]
     peer_spec = cached[0] if cached else harness.ScheduleSpec.parse("6/1/3")
-    if with_peers:  # ours at exactly the full steps diffusers' hook runs, for the like-for-like comparison
+    peer_class, hooks = peer_pipeline(family) if with_peers else (None, False)
+    if hooks:  # ours at exactly the full steps diffusers' hook runs, for the like-for-like comparison
         twin = dataclasses.replace(peer_spec, style="diffusers")
         if twin not in schedules:
             schedules.append(twin)
 
     # 1. quality
-    report = harness.evaluate(engine_dirs, schedules, prompts, seeds, steps=steps, backend=backend, device=device,
+    report = harness.evaluate(engine_dirs, schedules, conditions, seeds, steps=steps, backend=backend, device=device,
                               progress=progress, keep_images=True, judge=judge,
-                              trust_torch_programs=trust_torch_programs)
-    steps = report["steps"]
-    reference = report.pop("_reference_images")
-    cases = [(p, s) for p in prompts for s in seeds]
+                              trust_torch_programs=trust_torch_programs, count=count, guidance=guidance,
+                              default_count=DEFAULT_COUNT)
+    steps, scale = report["steps"], report["guidance_scale"]  # diffusers' scale: what ours ran at
+    reference, items = report.pop("_reference_images"), report.pop("_conditions")
+    cases = [(k, s) for k in range(len(items.values)) for s in seeds]
     peers = peer_rows = None
     if with_peers:
         manifest = read_manifest(engine_dirs[0], verify=False)
         model, dtype = resolve(manifest["model"]["source"]), manifest.get("precision", "float32")
-        progress(f"loading diffusers' FluxPipeline on the same weights, in {dtype}")
-        peers = Peers(model, steps, peer_spec, device, dtype)
-        peers.generate(0, *cases[0])  # warm-up, not kept
+        progress(f"loading diffusers' {peer_class} on the same weights, in {dtype}")
+        peers = Peers(model, steps, peer_spec, device, dtype, family, scale)
+        peers.generate(0, items.values[0], seeds[0])  # warm-up, not kept
         peer_rows = []
         for k, (method, label, _) in enumerate(peers.rows):
             progress(f"{method} {label}")
-            images = [peers.generate(k, p, s)[0] for p, s in cases]
-            q = harness.quality(cases, reference, images, judge)
+            images = [peers.generate(k, items.values[i], s)[0] for i, s in cases]
+            q = harness.quality(items, cases, reference, images, judge)
             peer_rows.append({"method": method, "schedule": label, "full_steps": peers.full_steps(k),
-                              "prompt_following": q["prompt_following"], "psnr_db": q["psnr_db"]["mean"],
+                              items.following: q[items.following], "psnr_db": q["psnr_db"]["mean"],
                               "ssim": q["ssim"]["mean"]})
 
     # 2. time, interleaved
-    prompt, seed = cases[0]
+    condition, seed = items.values[cases[0][0]], cases[0][1]
     per_step = not device.startswith("cuda")
     pipes = {d: Pipeline.load(d, backend=backend, device=device, cuda_graphs=cuda_graphs,
                              trust_torch_programs=trust_torch_programs) for d in engine_dirs}
     for pipe in pipes.values():
-        pipe.warmup(prompt)
+        items.warm(pipe)
     runners: dict[Any, Callable[[bool], dict]] = {}
     for d, pipe in pipes.items():
         for spec in schedules:
             runners[("seer", d, spec.label)] = (
-                lambda ps, pipe=pipe, spec=spec: timed_seer(pipe, spec, prompt, seed, steps, ps))
+                lambda ps, pipe=pipe, spec=spec: timed_seer(pipe, spec, condition, seed, steps, ps, guidance))
     if peers is not None:
         for k in range(len(peers.rows)):
-            runners[("peer", k)] = lambda ps, k=k: {"generation_s": peers.generate(k, prompt, seed)[1]}
+            runners[("peer", k)] = lambda ps, k=k: {"generation_s": peers.generate(k, condition, seed)[1]}
     times = measure_times(runners, repeats, per_step, progress)
     del pipes, peers
 
@@ -231,7 +278,7 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
         t = times[("seer", r["engine_dir"], r["schedule"])]
         base = times[("seer", r["engine_dir"], "none")]
         row = {"method": f"seer-{r['cache']}", "engine_dir": r["engine_dir"], "schedule": r["schedule"],
-               "full_steps": r["full_steps"], "prompt_following": r["prompt_following"],
+               "full_steps": r["full_steps"], items.following: r[items.following],
                "psnr_db": r["psnr_db"]["mean"], "ssim": r["ssim"]["mean"], **t,
                "generation_speedup": base["generation_s"] / t["generation_s"], "loop_speedup": base["loop_s"] / t["loop_s"]}
         if r["schedule"] != "none" and "forecast_step_s" in t:
@@ -245,24 +292,28 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], prompts: 
 
     # 3. memory, each row in a fresh process
     if memory:
-        common = {"prompt": prompt, "seed": seed, "steps": steps, "backend": backend, "device": device,
-                  "cuda_graphs": cuda_graphs, "trust_torch_programs": trust_torch_programs}
+        common = {"condition": condition, "seed": seed, "steps": steps, "guidance": guidance, "backend": backend,
+                  "device": device, "cuda_graphs": cuda_graphs, "trust_torch_programs": trust_torch_programs}
         for row in rows:
             progress(f"peak memory of {row['method']} {row['schedule']}")
             row.update(peak_memory({**common, "kind": "seer", "engine_dir": row["engine_dir"], "schedule": row["schedule"]}))
         for k, row in enumerate(peer_rows or []):
             progress(f"peak memory of {row['method']} {row['schedule']}")
             row.update(peak_memory({**common, "kind": "diffusers", "model": str(model), "dtype": dtype, "row": k,
-                                    "schedule": peer_spec.label}))
-    return {"size": size, "steps": steps, "prompts": len(prompts), "seeds": seeds, "backend": backend,
-            "device": device, "repeats": repeats, "timed_prompt": prompt,
+                                    "schedule": peer_spec.label, "family": family, "guidance": scale}))
+    note = NO_HOOKS_NOTE.format(pipeline=peer_class) if with_peers and not hooks else None
+    return {"size": size, "family": family, "conditioning": items.kind, "steps": steps, "guidance_scale": scale,
+            items.plural: len(items.values), "seeds": seeds, "backend": backend, "device": device,
+            "repeats": repeats, f"timed_{items.kind}": condition, "peer_note": note,
             "peak_rss_mib": peak_rss_mib(), "rows": rows,
             "peers": peer_rows or []}
 
 
 def markdown(bench: dict) -> str:
-    lines = ["| method | schedule | full steps | follow % | PSNR dB | SSIM | gen ms | gen x | loop x | forecast/full "
-             "| ideal x (corrected) | of ideal | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    kind = bench.get("conditioning", "prompt")
+    lines = [f"| method | schedule | full steps | {harness.FOLLOW_HEADER[kind]} | PSNR dB | SSIM | gen ms | gen x "
+             "| loop x | forecast/full | ideal x (corrected) | of ideal | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, f, scale=1.0, suffix=""):
         return "" if v is None else format(scale * v, f) + suffix
@@ -272,17 +323,20 @@ def markdown(bench: dict) -> str:
         peak = r.get("peak_gpu_mib", r.get("peak_rss_mib"))
         lines.append(
             f"| {r['method']} | {r['schedule']} | {fmt(r['full_steps'], '.0f')} | "
-            f"{fmt(r['prompt_following'], '.1f', 100)} | {min(r['psnr_db'], 99.99):.2f} | {r['ssim']:.4f} | "
+            f"{fmt(r[f'{kind}_following'], '.1f', 100)} | {min(r['psnr_db'], 99.99):.2f} | {r['ssim']:.4f} | "
             f"{1000 * r['generation_s']:.1f} | {r['generation_speedup']:.2f} | {fmt(r.get('loop_speedup'), '.2f')} | "
             f"{fmt(r.get('forecast_ratio'), '.1f', 100, '%')} | {ideal_text} | "
             f"{fmt(r.get('fraction_of_ideal'), '.0f', 100, '%')} | {fmt(peak, '.0f')} |")
     size = f"size {bench['size']}, " if bench.get("size") else ""
     memory = "GPU memory held" if bench["device"].startswith("cuda") else "peak RSS"
-    lines.append(f"\n{size}{bench['prompts']} prompts x seeds {bench['seeds']} for quality, {bench['steps']} steps, "
+    plural = harness.NOUNS[kind]
+    lines.append(f"\n{size}{bench[plural]} {plural} x seeds {bench['seeds']} for quality, {bench['steps']} steps, "
                  f"{bench['backend']} on {bench['device']}; times: median of {bench['repeats']} interleaved rounds on "
-                 f"one prompt; PSNR/SSIM against seer's --no-cache image; gen x: whole-pipeline speed-up against "
+                 f"one {kind}; PSNR/SSIM against seer's --no-cache image; gen x: whole-pipeline speed-up against "
                  f"the same method without a cache; forecast/full: a forecast step's cost in full steps; "
                  f"peak MiB: {memory} of a fresh process making one image.")
+    if bench.get("peer_note"):
+        lines.append(f"\n{bench['peer_note'][0].upper()}{bench['peer_note'][1:]}.")
     return "\n".join(lines)
 
 

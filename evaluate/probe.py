@@ -1,8 +1,8 @@
 """One seer-bench row in a fresh process, for its peak memory: `python -m seer.evaluate.probe JOB`,
-JOB a JSON object (see `bench.peak_memory`). Prints one JSON line: the peak resident memory in MiB
-and, on a GPU, the device memory: torch's peak reservation for the torch backend and diffusers, the
-memory in use after the image for ONNX Runtime and TensorRT (their arenas keep their peak; torch
-does not see them)."""
+JOB a JSON object (see `bench.peak_memory`; `condition` is a prompt or a class id). Prints one JSON
+line: the peak resident memory in MiB and, on a GPU, the device memory: torch's peak reservation for
+the torch backend and diffusers, the memory in use after the image for ONNX Runtime and TensorRT
+(their arenas keep their peak; torch does not see them)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .peak import peak_rss_mib
 
 def main(argv: list[str]) -> None:
     job = json.loads(argv[1])
-    from .harness import ScheduleSpec
+    from .harness import ScheduleSpec, condition_kwargs
 
     spec = ScheduleSpec.parse(job["schedule"])
     if job["kind"] == "seer":
@@ -23,12 +23,14 @@ def main(argv: list[str]) -> None:
         pipe = Pipeline.load(job["engine_dir"], backend=job["backend"], device=job["device"],
                              cuda_graphs=job.get("cuda_graphs", False),
                              trust_torch_programs=job.get("trust_torch_programs", False))
-        pipe(job["prompt"], seed=job["seed"], steps=job["steps"], **spec.kwargs())
+        guidance = {} if job.get("guidance") is None else {"guidance_scale": job["guidance"]}
+        pipe(**condition_kwargs(pipe.family.conditioning, job["condition"]), seed=job["seed"], steps=job["steps"],
+             **guidance, **spec.kwargs())
     else:
         from .bench import Peers
 
-        Peers(job["model"], job["steps"], spec, job["device"], job.get("dtype", "float32")).generate(
-            job["row"], job["prompt"], job["seed"])
+        Peers(job["model"], job["steps"], spec, job["device"], job.get("dtype", "float32"), job.get("family", "flux"),
+              job.get("guidance")).generate(job["row"], job["condition"], job["seed"])
     out = {"peak_rss_mib": peak_rss_mib()}
     if job["device"].startswith("cuda"):
         import torch

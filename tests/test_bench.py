@@ -72,7 +72,7 @@ def test_bench_bad_input(engine_modules, tmp_path):
 
 def test_peak_memory_of_a_fresh_process(engine_modules, tiny_model):
     """seer's runtime loads no torch; diffusers does: a fresh process shows the difference."""
-    common = {"prompt": "a red circle", "seed": 0, "steps": 4, "backend": "onnxruntime", "device": "cpu",
+    common = {"condition": "a red circle", "seed": 0, "steps": 4, "backend": "onnxruntime", "device": "cpu",
               "schedule": "none"}
     ours = bench.peak_memory({**common, "kind": "seer", "engine_dir": str(engine_modules)})
     theirs = bench.peak_memory({**common, "kind": "diffusers", "model": str(tiny_model), "row": 0})
