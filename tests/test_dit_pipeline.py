@@ -309,3 +309,19 @@ def test_tensorrt_profiles_come_from_the_manifest(engine_dit):
     assert shapes["vae_decoder"]["latents"] == {"min": [1, 4, 8, 8], "opt": [2, 4, 8, 8], "max": [4, 4, 8, 8]}
     with pytest.raises(UsageError, match="16x16 images only"):
         tb.BuildOptions(sizes=((32, 32),) * 3).validate(m)
+
+
+def test_seer_export_takes_a_dit_pipeline_directory(dit_model, tmp_path):
+    """The CLI picks the exporter by the pipeline class its model_index.json names; FLUX-only options
+    are refused by name for a DiT pipeline."""
+    from seer.export.cli import main as export_main
+
+    code, output = run_cli([dit_model, "--out", tmp_path / "e", "--cache", "lite", "--max-order", "1"],
+                           main=export_main)
+    assert code == 0, output
+    m = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert m["model"]["family"] == "dit" and m["cache"]["max_order"] == 1 and "digest sha256:" in output
+    for flag, words in ((["--fp8"], ["--fp8 applies to FLUX exports only"]),
+                        (["--max-sequence-length", "8"], ["--max-sequence-length applies to FLUX"])):
+        one_line_error(*run_cli([dit_model, "--out", tmp_path / "f", *flag], main=export_main), *words)
+    assert not (tmp_path / "f").exists()
