@@ -1,9 +1,12 @@
-"""The shapes world: the procedural data flux-tiny is trained on, and the judge that scores images.
+"""The shapes world: the procedural data flux-tiny and dit-tiny are trained on, and the judge that
+scores images.
 
 One flat shape on a light background, described by the prompt: size (optional), colour, shape and
 place, as in "a small red circle at the top left" or "a blue square at the bottom right" (then the
 size is small or large at random). Images are rendered 4x larger and reduced (anti-aliased), with
 a little jitter in position and size so that the model has to learn a distribution, not 180 pictures.
+The class-conditional dit-tiny draws classes instead of prompts: a class is a colour, shape and place
+with the size left open (`CLASSES`, labelled "red circle at the top left").
 
 The judge reads an image back into the same four attributes with plain image statistics (no learned
 weights): the foreground is every pixel far from the background colour, its mean colour names the
@@ -63,6 +66,14 @@ class Spec:
 ALL_SPECS = tuple(Spec(*combo) for combo in itertools.product([*SIZES, None], COLOURS, SHAPES, PLACES))
 PROMPTS = tuple(spec.prompt for spec in ALL_SPECS)
 
+# The classes of dit-tiny, in this fixed order (class id = index): colour, then shape, then place, each
+# in the order COLOURS, SHAPES and PLACES list them; the size is left open (either is right). 90 ids,
+# 0..89 (DiT's null class for classifier-free guidance is 1000, outside them).
+CLASSES = tuple(Spec(None, *combo) for combo in itertools.product(COLOURS, SHAPES, PLACES))
+# Label texts: the prompt without its article ("red circle at the top left"). DiTPipeline reads commas
+# in a label as separators between synonyms, so none may contain one.
+CLASS_LABELS = {i: spec.prompt.removeprefix("a ") for i, spec in enumerate(CLASSES)}
+
 
 def parse(prompt: str) -> Spec:
     """The attributes a prompt of this world asks for (ValueError for any other prompt)."""
@@ -76,8 +87,18 @@ def parse(prompt: str) -> Spec:
 def eval_specs(count: int = 36, seed: int = 0) -> list[Spec]:
     """A fixed, balanced prompt set: every colour, shape, place and size equally often (as far as
     `count` allows), drawn without repetition."""
+    return _balanced(ALL_SPECS, count, seed)
+
+
+def class_eval_ids(count: int = 36, seed: int = 0) -> list[int]:
+    """A fixed, balanced set of class ids (indices into `CLASSES`): every colour, shape and place
+    equally often (as far as `count` allows), drawn without repetition."""
+    return [CLASSES.index(s) for s in _balanced(CLASSES, count, seed)]
+
+
+def _balanced(pool, count: int, seed: int) -> list[Spec]:
     rng = random.Random(seed)
-    specs = list(ALL_SPECS)
+    specs = list(pool)
     rng.shuffle(specs)
     # Interleave so that any prefix is balanced: sort by how often each attribute value has been used.
     chosen: list[Spec] = []
