@@ -7,6 +7,8 @@ size is small or large at random). The class-conditional dit-tiny draws classes 
 a class is a colour, shape and place with the size left open (`CLASSES`, labelled "red circle at the
 top left"). Images are rendered 4x larger and reduced (anti-aliased), with
 a little jitter in position and size so that the model has to learn a distribution, not 180 pictures.
+The class-conditional dit-tiny draws classes instead of prompts: a class is a colour, shape and place
+with the size left open (`CLASSES`, labelled "red circle at the top left").
 
 The judge reads an image back into the same four attributes with plain image statistics (no learned
 weights): the foreground is every pixel far from the background colour, its mean colour names the

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import json
 import math
@@ -196,6 +197,17 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
+def _ema_update(ema, model, step: int, decay: float) -> None:
+    """One step of the weights' exponential moving average (`ema` a copy of `model`); the decay ramps
+    up from 0.1 so that the average does not keep the initialisation for long."""
+    import torch
+
+    decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
 def train_vae(vae, cfg: TrainConfig, log) -> dict:
     import torch
 
@@ -280,10 +292,7 @@ def train_transformer(pipe, latents, index, cfg: TrainConfig, log):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
-        decay = min(cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), transformer.parameters()):
-                e.lerp_(p, 1 - decay)
+        _ema_update(ema, transformer, step, cfg.ema)
         recent.append(loss.item())
         if step % 250 == 0 or step == cfg.steps - 1:
             log(f"transformer step {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
@@ -294,7 +303,6 @@ def train_transformer(pipe, latents, index, cfg: TrainConfig, log):
 
 def judge_pipeline(pipe, count: int, steps: int, seed: int = 0) -> dict:
     """Prompt-following accuracy of the diffusers pipeline itself on the fixed evaluation prompts."""
-    import numpy as np
     import torch
 
     specs = shapes.eval_specs(count)
@@ -302,9 +310,32 @@ def judge_pipeline(pipe, count: int, steps: int, seed: int = 0) -> dict:
         images = pipe([s.prompt for s in specs], height=shapes.SIZE, width=shapes.SIZE, num_inference_steps=steps,
                       max_sequence_length=MAX_SEQUENCE_LENGTH, generator=torch.Generator().manual_seed(seed),
                       output_type="np").images
+    return {**_score(images, specs), "prompts": len(specs)}
+
+
+def _score(images, specs) -> dict:
+    """The judge's accuracy, overall and per attribute, on float [0, 1] HWC images of `specs`."""
+    import numpy as np
+
     verdicts = [shapes.judge((np.clip(img, 0, 1) * 255).round().astype(np.uint8), s) for img, s in zip(images, specs)]
     per = {k: sum(v.attributes[k] for v in verdicts) / len(verdicts) for k in ("size", "colour", "shape", "place")}
-    return {"accuracy": sum(v.correct for v in verdicts) / len(verdicts), "attributes": per, "prompts": len(specs)}
+    return {"accuracy": sum(v.correct for v in verdicts) / len(verdicts), "attributes": per}
+
+
+@contextlib.contextmanager
+def _staged(out: Path):
+    """A temporary sibling of `out` to write into, renamed to `out` (replacing it) when the block
+    succeeds and removed when it fails: a directory that exists is a complete one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def train_flux_tiny(out: str | Path, cfg: TrainConfig | None = None, log=print) -> Path:
@@ -314,10 +345,8 @@ def train_flux_tiny(out: str | Path, cfg: TrainConfig | None = None, log=print) 
     cfg = cfg or TrainConfig()
     torch.set_num_threads(cfg.threads)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with _staged(out) as tmp:
         pipe = build_untrained(tmp, cfg.seed)
         for m in (pipe.text_encoder, pipe.text_encoder_2):
             m.eval().requires_grad_(False)
@@ -333,28 +362,29 @@ def train_flux_tiny(out: str | Path, cfg: TrainConfig | None = None, log=print) 
             shutil.rmtree(tmp / name)
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seer.export.tiny", description=__doc__.split("\n\n")[0])
+def _parse(argv, config_class, prog: str, doc: str):
+    """(out, config) from a training script's command line: --out DIR, --quick, and one option per
+    config field (--vae-steps 600) that overrides the defaults or the quick ones."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="directory to write the diffusers pipeline to")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
-    for field, value in asdict(TrainConfig()).items():
+    for field, value in asdict(config_class()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args(argv)
-    cfg = TrainConfig.quick() if args.quick else TrainConfig()
+    cfg = config_class.quick() if args.quick else config_class()
     for field in asdict(cfg):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
-    train_flux_tiny(args.out, cfg, log=lambda m: print(m, flush=True))
+    return args.out, cfg
+
+
+def main(argv=None) -> int:
+    out, cfg = _parse(argv, TrainConfig, "python -m seer.export.tiny", __doc__)
+    train_flux_tiny(out, cfg, log=lambda m: print(m, flush=True))
     return 0
 
 

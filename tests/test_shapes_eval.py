@@ -98,6 +98,34 @@ def test_eval_prompts_are_balanced_and_fixed():
         assert len(counts) == values and max(counts.values()) - min(counts.values()) <= 1, (attr, counts)
 
 
+def test_classes_are_the_sizeless_combinations_in_a_fixed_order():
+    assert len(shapes.CLASSES) == 6 * 3 * 5 == len(set(shapes.CLASSES))
+    assert all(c.size is None for c in shapes.CLASSES)
+    assert set(shapes.CLASSES) == {s for s in shapes.ALL_SPECS if s.size is None}
+    # colour, then shape, then place: id 0 and the ids around a change of shape and of colour
+    assert shapes.CLASSES[0] == shapes.parse("a red circle at the top left")
+    assert shapes.CLASSES[4] == shapes.parse("a red circle in the centre")
+    assert shapes.CLASSES[5] == shapes.parse("a red square at the top left")
+    assert shapes.CLASSES[15] == shapes.parse("a green circle at the top left")
+    assert shapes.CLASSES[89] == shapes.parse("a orange triangle in the centre")  # the world says "a" throughout
+    assert list(shapes.CLASS_LABELS) == list(range(90))
+    assert shapes.CLASS_LABELS[0] == "red circle at the top left"
+    assert len(set(shapes.CLASS_LABELS.values())) == 90
+    for i, label in shapes.CLASS_LABELS.items():  # DiTPipeline splits labels on commas
+        assert "," not in label and shapes.parse(f"a {label}") == shapes.CLASSES[i]
+
+
+def test_class_eval_ids_are_balanced_and_fixed():
+    ids = shapes.class_eval_ids(36)
+    assert ids == shapes.class_eval_ids(36) and len(set(ids)) == 36 and all(0 <= i < 90 for i in ids)
+    assert ids != shapes.class_eval_ids(36, seed=1)
+    assert shapes.class_eval_ids(12) == ids[:12]  # any prefix is the smaller set
+    for attr, values in (("colour", 6), ("shape", 3), ("place", 5)):
+        counts = Counter(getattr(shapes.CLASSES[i], attr) for i in ids)
+        assert len(counts) == values and max(counts.values()) - min(counts.values()) <= 1, (attr, counts)
+    assert sorted(shapes.class_eval_ids(90)) == list(range(90))
+
+
 def test_metrics_against_hand_derived_values():
     a = shapes.render(shapes.ALL_SPECS[0])
     b = a.astype(np.int16)
