@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..evaluate import shapes
-from .tiny import _ema_update, _images, _lr, _parse, _score, _staged
+from .tiny import _images, _lr, _parse, _score, _staged, _train_step
 
 ASSET_DIR = Path(__file__).parent / "assets" / "dit-tiny"  # the committed weights (package data)
 NULL_CLASS = 1000  # DiTPipeline's unconditional class id (hard-coded there), DiT's num_classes
@@ -200,15 +200,7 @@ def train_transformer(pipe, latents, labels, cfg: TrainConfig, log) -> dict:
         if cfg.v_weight_cap > 0:
             loss = loss * weight[t]
         loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        _ema_update(ema, transformer, step, cfg.ema)
-        recent.append(loss.item())
-        if step % 250 == 0 or step == cfg.steps - 1:
-            log(f"transformer step {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
-                f"({time.perf_counter() - started:.0f} s)")
+        _train_step(loss, opt, transformer, ema, step, cfg, recent, started, log)
     ema.requires_grad_(False)
     _untie(ema)
     pipe.register_modules(transformer=ema)

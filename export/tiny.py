@@ -252,6 +252,22 @@ def encode_dataset(vae, cfg: TrainConfig):
     return (latents - vae.config.shift_factor) * vae.config.scaling_factor, index
 
 
+def _train_step(loss, opt, transformer, ema, step: int, cfg, recent, started: float, log) -> None:
+    """One optimiser step on `loss` (gradients clipped to norm 1), the EMA update, and the running
+    loss logged every 250 steps: the tail of every trainer's step."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+    opt.step()
+    _ema_update(ema, transformer, step, cfg.ema)
+    recent.append(loss.item())
+    if step % 250 == 0 or step == cfg.steps - 1:
+        log(f"transformer step {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
+            f"({time.perf_counter() - started:.0f} s)")
+
+
 def train_transformer(pipe, latents, index, cfg: TrainConfig, log):
     import torch
     from diffusers import FluxPipeline
@@ -288,15 +304,7 @@ def train_transformer(pipe, latents, index, cfg: TrainConfig, log):
                            encoder_hidden_states=embeds[prompt], txt_ids=text_ids, img_ids=img_ids,
                            return_dict=False)[0]
         loss = ((pred - (noise - x0)) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        _ema_update(ema, transformer, step, cfg.ema)
-        recent.append(loss.item())
-        if step % 250 == 0 or step == cfg.steps - 1:
-            log(f"transformer step {step}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
-                f"({time.perf_counter() - started:.0f} s)")
+        _train_step(loss, opt, transformer, ema, step, cfg, recent, started, log)
     pipe.register_modules(transformer=ema)
     return {"loss": sum(recent) / len(recent), "seconds": time.perf_counter() - started, "mu": mu}
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: the embedded (shipped, trained) flux-tiny model and its engine directories,
-exported once per run (offline, deterministic)."""
+"""Shared fixtures: the embedded (shipped, trained) flux-tiny model, a tiny random DiT, and their
+engine directories, exported once per run (offline, deterministic)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,29 @@ def engine_copy(engine_modules, tmp_path):
     dst = tmp_path / "engine"
     shutil.copytree(engine_modules, dst)
     return dst
+
+
+# The tiny random DiT (tests/dit_models.py) and its engine directories, shared by the DiT tests
+@pytest.fixture(scope="session")
+def dit_model(tmp_path_factory):
+    from dit_models import build_dit
+
+    return build_dit(tmp_path_factory.mktemp("dit") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def engine_dit(tmp_path_factory, dit_model):
+    from seer.export.dit_export import export_dit
+
+    out = tmp_path_factory.mktemp("engines") / "dit"
+    export_dit(str(dit_model), out, max_order=2, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine_dit_lite(tmp_path_factory, dit_model):
+    from seer.export.dit_export import export_dit
+
+    out = tmp_path_factory.mktemp("engines") / "dit-lite"
+    export_dit(str(dit_model), out, cache="lite", max_order=2, log=lambda m: None)
+    return out

@@ -19,7 +19,7 @@ from seer.runtime.pipeline import Pipeline
 from seer.runtime.schedule import Schedule
 
 from cli_contract import one_line_error, run as run_cli
-from test_dit_pipeline import LABELS, build_dit
+from dit_models import LABELS, build_dit
 
 STEPS = 10
 
@@ -30,16 +30,6 @@ def _export(tmp_path_factory, model, name, **kw):
     out = tmp_path_factory.mktemp("engines") / name
     export_dit(str(model), out, max_order=2, log=lambda m: None, **kw)
     return out
-
-
-@pytest.fixture(scope="module")
-def dit_model(tmp_path_factory):
-    return build_dit(tmp_path_factory.mktemp("dit") / "pipeline")
-
-
-@pytest.fixture(scope="module")
-def engine_dit(tmp_path_factory, dit_model):
-    return _export(tmp_path_factory, dit_model, "dit")
 
 
 @pytest.fixture(scope="module")
