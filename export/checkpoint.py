@@ -47,8 +47,12 @@ class Checkpoint:
             counts: dict[str, int] = {}
             files = sorted((self.path / component).glob("*.safetensors"))
             if not files:
-                raise UsageError(f"{self.path / component} holds no .safetensors weights; seer-export reads "
-                                 "safetensors checkpoints (re-save the pipeline with safe_serialization=True)")
+                bins = sorted((self.path / component).glob("*.bin"))
+                if not bins:
+                    raise UsageError(f"{self.path / component} holds no .safetensors (or PyTorch .bin) weights; "
+                                     "pass a complete diffusers pipeline")
+                self._counts[component] = _bin_counts(bins)
+                return self._counts[component]
             for f in files:
                 with safe_open(str(f), framework="pt") as st:
                     for key in st.keys():
@@ -80,6 +84,26 @@ class Checkpoint:
         cls = getattr(importlib.import_module(library), cls_name)
         model = cls.from_pretrained(self.path / component, dtype=getattr(torch, dtype), low_cpu_mem_usage=True)
         return model.eval().requires_grad_(False)
+
+
+def _bin_counts(files: list[Path]) -> dict[str, int]:
+    """Parameter count per dtype of PyTorch .bin checkpoints (older hub repos, e.g. DiT-XL-2-256's),
+    read with torch's weights-only unpickler (no code runs) and memory-mapped (nothing is copied)."""
+    import torch
+
+    counts: dict[str, int] = {}
+    for f in files:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # not a zip checkpoint, or one holding more than tensors
+            raise UsageError(f"cannot read {f} as plain weights ({str(e).splitlines()[0][:120]}); re-save the "
+                             "pipeline with safe_serialization=True") from None
+        for t in state.values():
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                dtype = str(t.dtype).replace("torch.", "")
+                counts[dtype] = counts.get(dtype, 0) + t.numel()
+        del state
+    return counts
 
 
 def release() -> None:

@@ -289,3 +289,20 @@ def test_embedded_dit_tiny_follows_classes_through_seer(tmp_path):
     assert sum(right) >= 7, right
     named = pipe(class_labels=[shapes.CLASS_LABELS[ids[0]]], seed=0, steps=25)
     assert np.array_equal(np.asarray(named.image), np.asarray(g.images[0]))  # a batch row equals it alone
+
+
+def test_a_dit_saved_as_pytorch_bin_exports(tmp_path):
+    """Older hub repos (DiT-XL-2-256's era) hold .bin weights: they are sized with torch's weights-only
+    loader and export like safetensors ones."""
+    from diffusers import DiTPipeline
+
+    from seer.export.dit_export import export_dit
+
+    model = build_dit(tmp_path / "st")
+    DiTPipeline.from_pretrained(model).save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert not list((tmp_path / "bin" / "transformer").glob("*.safetensors"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    export_dit(str(model), a, max_order=1, log=lambda m: None)
+    export_dit(str(tmp_path / "bin"), b, max_order=1, log=lambda m: None)
+    kw = dict(class_labels=[1], seed=0, steps=3, return_latents=True)
+    assert np.array_equal(Pipeline.load(a)(**kw).latents, Pipeline.load(b)(**kw).latents)
