@@ -63,7 +63,7 @@ def test_no_cache_matches_diffusers(engine_dit, dit_model, guidance):
     g = pipe(class_labels=[3, "goldfish"], seed=5, steps=STEPS, guidance_scale=guidance, no_cache=True,
              return_latents=True)
     assert g.latents.shape == ref.shape == (2, 4, 8, 8)
-    assert rel_err(g.latents, ref) < 1e-4
+    assert rel_err(g.latents, ref) < 1e-5  # measured 5e-7 to 1.1e-6
     ours = np.stack([np.asarray(im, np.float32) / 255 for im in g.images])
     assert np.abs(ours - images).max() <= 1 / 255 + 1e-6 and g.image.size == (16, 16)
 
@@ -134,7 +134,7 @@ def test_cached_matches_float64_official_taylorseer(engine_dit, dit_model, inter
     g = pipe(class_labels=[3, 1], seed=5, steps=STEPS, guidance_scale=4.0, interval=interval, order=order,
              warmup=warmup, return_latents=True)
     assert len(g.schedule.full_steps) < STEPS
-    assert rel_err(g.latents, ref) < 1e-4
+    assert rel_err(g.latents, ref) < 1e-5  # measured 5e-7 to 1.1e-6
     exact = pipe(class_labels=[3, 1], seed=5, steps=STEPS, guidance_scale=4.0, no_cache=True, return_latents=True)
     assert rel_err(g.latents, exact.latents) > 1e-5  # the forecast really differs from running every step
 
