@@ -85,7 +85,7 @@ def open_engine_dir(directory: str | os.PathLike, verify: bool = True,
                          "--no-verify; drop one of them")
     if not (directory / MANIFEST).exists() and not (directory / MANIFEST).is_symlink():
         raise EngineDirError(f"{directory} has no {MANIFEST}; it is not an engine directory (run seer-export first)")
-    data = _read_regular(directory, MANIFEST, MAX_MANIFEST_BYTES)
+    data = read_regular(directory, MANIFEST, MAX_MANIFEST_BYTES)
     digest = manifest_digest(data)
     if expect_digest is not None:
         want = expect_digest.strip().lower() if isinstance(expect_digest, str) else ""
@@ -218,7 +218,7 @@ def _open_regular(directory: Path, rel: str) -> Iterator[Any]:
         f.close()
 
 
-def _read_regular(directory: Path, rel: str, limit: int) -> bytes:
+def read_regular(directory: Path, rel: str, limit: int) -> bytes:
     with _open_regular(directory, rel) as f:
         data = f.read(limit + 1)
     if len(data) > limit:

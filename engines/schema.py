@@ -194,6 +194,11 @@ def _inconsistency(m: dict) -> str | None:
             if unknown:
                 return (f"graphs.{name} {t['name']} has a size {sorted(unknown)[0]!r} that dims does not define "
                         "(nor is it B, H, W or G)")
+    for name, entry in m.get("schedules", {}).items():
+        if entry["file"] != f"schedules/{name}.json":
+            return f"schedules.{name}.file is {entry['file']!r}, not schedules/{name}.json"
+        if entry["full_steps"] > entry["steps"]:
+            return f"schedules.{name} has {entry['full_steps']} full steps of {entry['steps']}"
     if cfg["dim"] % cfg["head_dim"]:
         return f"model.config.dim {cfg['dim']} is not a multiple of head_dim {cfg['head_dim']}"
     if m["defaults"]["schedule"]["order"] > cache["max_order"]:
@@ -244,4 +249,6 @@ def referenced_files(m: dict) -> dict[str, str]:
     for name, q in m.get("quantization", {}).items():
         if "calibration" in q:
             refs[q["calibration"]] = f"quantization.{name}.calibration"
+    for name, s in m.get("schedules", {}).items():
+        refs[s["file"]] = f"schedules.{name}.file"
     return refs

@@ -12,8 +12,6 @@ replaces the directory only when complete: a failed build leaves the directory a
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any, Callable
 from ..errors import BackendUnavailable, UsageError
 from .manifest import MANIFEST, read_manifest, write_manifest
 from .shapes import dim_values, eval_dim
-from .writing import writing_engine_dir
+from .writing import link_files, writing_engine_dir
 
 PLAN_DIR = "plans"
 OPTIMIZATION_LEVELS = range(0, 6)
@@ -175,7 +173,7 @@ def build_plans(directory: str | Path, options: BuildOptions = BuildOptions(), o
     profiles = profile_shapes(manifest, options)
     target = Path(out) if out is not None else directory
     with writing_engine_dir(target, overwrite=overwrite or out is None) as tmp:
-        _link_tree(directory, tmp, manifest)
+        link_files(directory, tmp, manifest, skip=lambda rel: rel.split("/")[0] == PLAN_DIR)  # old plans go
         (tmp / PLAN_DIR).mkdir(exist_ok=True)
         started, plans = time.perf_counter(), {}
         for graph, shapes in profiles.items():
@@ -212,16 +210,3 @@ def _build_one(onnx_path: Path, shapes: dict[str, dict[str, list[int]]], options
     # strongly typed: the ONNX's dtypes are the engine's (TensorRT 11 has no other mode; 10.x opts in)
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     return EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
-
-
-def _link_tree(src: Path, dst: Path, manifest: dict) -> None:
-    """The files `manifest` lists (verified, inside `src`) except old plans, hard-linked (copied
-    across devices): nothing else of `src` is carried into the new directory."""
-    for rel in manifest["files"]:
-        if rel.split("/")[0] == PLAN_DIR:
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src / rel, dst / rel)
-        except OSError:
-            shutil.copy2(src / rel, dst / rel)

@@ -129,6 +129,19 @@ def writing_engine_dir(target: str | os.PathLike | Claim, overwrite: bool = Fals
             os.close(old_fd)
 
 
+def link_files(src: Path, dst: Path, manifest: dict, skip: Callable[[str], bool] = lambda rel: False) -> None:
+    """The files `manifest` lists (verified, inside `src`), but those `skip` names, hard-linked into
+    `dst` (copied across devices): nothing else of `src` is carried into the new directory."""
+    for rel in manifest["files"]:
+        if skip(rel):
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / rel, dst / rel)
+        except OSError:
+            shutil.copy2(src / rel, dst / rel)
+
+
 def _place(tmp: Path, claim: Claim) -> tuple[Path, int] | None:
     """Move the finished `tmp` to the claimed target; returns where the replaced directory now is
     (with a locked descriptor on it) for the caller to remove, or None."""

@@ -224,7 +224,8 @@ def run(engine_dirs: list[str], schedules: list[harness.ScheduleSpec], condition
         schedules = [harness.ScheduleSpec.parse(s) for s in DEFAULT_SCHEDULES.get(family, DEFAULT_SCHEDULES["flux"])]
     schedules = [harness.ScheduleSpec(no_cache=True), *[s for s in schedules if not s.no_cache]]
     cached = [s for s in schedules if not s.no_cache]
-    peer_spec = cached[0] if cached else harness.ScheduleSpec.parse("6/1/3")
+    rules = [s for s in cached if s.plan is None]  # diffusers' hook runs an interval, not a plan
+    peer_spec = rules[0] if rules else harness.ScheduleSpec.parse("6/1/3")
     peer_class, hooks = peer_pipeline(family) if with_peers else (None, False)
     if hooks:  # ours at exactly the full steps diffusers' hook runs, for the like-for-like comparison
         twin = dataclasses.replace(peer_spec, style="diffusers")

@@ -20,7 +20,8 @@ FAMILY_NAMES = {"flux": "FLUX", "dit": "DiT"}
 @command()
 @click.argument("engine_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--schedule", "-s", "schedules", multiple=True, default=(),
-              help="'none' (every step full) or INTERVAL/ORDER/WARMUP[/FINAL_FULL]; repeat for more rows "
+              help="'none' (every step full), INTERVAL/ORDER/WARMUP[/FINAL_FULL], or plan:NAME (a plan the "
+                   "directories hold, seer-calibrate); repeat for more rows "
                    "[default: none and 6/1/3 for FLUX, none and 4/2/2 for DiT].")
 @click.option("--prompts", "count", type=int, default=None,
               help="How many prompts (text-to-image directories) [default: 36 of the shapes world's balanced set, "
@@ -115,7 +116,8 @@ def conditions_asked(kind, count, prompt_file, class_count, class_file) -> tuple
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Where --size keeps its model and engine directories [default: OUT/engines].")
 @click.option("--schedule", "-s", "schedules", multiple=True, default=(),
-              help="INTERVAL/ORDER/WARMUP[/FINAL_FULL]; repeat for more (--no-cache is always measured) "
+              help="INTERVAL/ORDER/WARMUP[/FINAL_FULL] or plan:NAME (a plan the directories hold); repeat for "
+                   "more (--no-cache is always measured) "
                    "[default: 6/1/3 4/2/3 3/1/3 for FLUX, 4/2/2 6/1/3 4/2/3 for DiT].")
 @click.option("--prompts", "count", type=int, default=None,
               help="Prompts of the balanced set, for the quality numbers (FLUX) [default: 8].")

@@ -31,8 +31,9 @@ PSNR_CAP = 100.0  # dB for identical images, so that means and JSON stay finite
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """`none` (every step full) or [diffusers:]interval/order/warm-up[/final full steps]; the
-    `diffusers:` prefix places the full steps as diffusers' TaylorSeerCacheConfig does."""
+    """`none` (every step full), [diffusers:]interval/order/warm-up[/final full steps] (the `diffusers:`
+    prefix places the full steps as diffusers' TaylorSeerCacheConfig does), or `plan:NAME`, a plan
+    the engine directory holds (seer-calibrate)."""
 
     no_cache: bool = False
     interval: int | None = None
@@ -40,10 +41,16 @@ class ScheduleSpec:
     warmup: int | None = None
     final_full: int = 0
     style: str = "taylorseer"
+    plan: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ScheduleSpec":
-        text = text.strip().lower()
+        text = text.strip()
+        if text.lower().startswith("plan:"):
+            from ..runtime.plan import check_name
+
+            return cls(plan=check_name(text[5:].strip()))
+        text = text.lower()
         if text in ("none", "no-cache", "full"):
             return cls(no_cache=True)
         style, _, body = text.rpartition(":")
@@ -53,14 +60,16 @@ class ScheduleSpec:
         except ValueError:
             values = []
         if not 3 <= len(values) <= 4 or style not in ("", "taylorseer", "diffusers"):
-            raise UsageError(f"cannot read schedule {text!r}: write 'none' or [diffusers:]INTERVAL/ORDER/WARMUP"
-                             "[/FINAL_FULL], e.g. 6/1/3")
+            raise UsageError(f"cannot read schedule {text!r}: write 'none', [diffusers:]INTERVAL/ORDER/WARMUP"
+                             "[/FINAL_FULL] (e.g. 6/1/3) or plan:NAME")
         return cls(False, *values, style=style or "taylorseer")
 
     @property
     def label(self) -> str:
         if self.no_cache:
             return "none"
+        if self.plan is not None:
+            return f"plan:{self.plan}"
         tail = f"/{self.final_full}" if self.final_full else ""
         head = "diffusers:" if self.style == "diffusers" else ""
         return f"{head}{self.interval}/{self.order}/{self.warmup}{tail}"
@@ -68,6 +77,8 @@ class ScheduleSpec:
     def kwargs(self) -> dict:
         if self.no_cache:
             return {"no_cache": True}
+        if self.plan is not None:
+            return {"plan": self.plan}
         return {"interval": self.interval, "order": self.order, "warmup": self.warmup, "final_full": self.final_full,
                 "schedule_style": self.style}
 
@@ -260,6 +271,10 @@ def evaluate(
     conditioning_of(engine_dirs)  # one kind, refused before anything loads
     pipes = [Pipeline.load(d, backend=backend, device=device, trust_torch_programs=trust_torch_programs)
              for d in engine_dirs]
+    for pipe in pipes:  # a plan a directory lacks, or made for other steps, is refused before any image
+        for spec in schedules:
+            if spec.plan is not None:
+                pipe.plan(steps or pipe.manifest["defaults"]["steps"], plan=spec.plan)
     items = (conditions if isinstance(conditions, Conditions)
              else conditions_for(pipes[0], conditions, count, default_count))
     cases = [(k, s) for k in range(len(items.values)) for s in seeds]

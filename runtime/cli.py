@@ -34,6 +34,9 @@ from ..cli_common import command, user_errors
               show_default=True, help="Where the full steps fall after warm-up: as in the TaylorSeer paper, or as "
                                       "diffusers' TaylorSeerCacheConfig places them.")
 @click.option("--no-cache", is_flag=True, help="Run every step in full (the unaccelerated reference).")
+@click.option("--plan", default=None, metavar="NAME",
+              help="Run one of the directory's calibrated plans (seer-calibrate) in place of --interval/--order/"
+                   "--warmup: its full steps and forecast weights.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",
               show_default=True, help="tensorrt runs the plans seer-build made (GPU only).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for a GPU.")
@@ -52,7 +55,7 @@ from ..cli_common import command, user_errors
                                                      "with a unit (8GB, 8GiB, 512MB) [default: what is available].")
 @user_errors
 def main(engine_dir, prompt, class_label, out, seed, steps, height, width, guidance, interval, order, warmup, final_full,
-         schedule_style, no_cache, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json,
+         schedule_style, no_cache, plan, backend, device, cuda_graphs, verify, expect_digest, trust_torch_programs, as_json,
          memory_budget):
     """Generate an image from ENGINE_DIR (made by seer-export) with TaylorSeer forecasting.
 
@@ -62,6 +65,7 @@ def main(engine_dir, prompt, class_label, out, seed, steps, height, width, guida
       seer-run out/flux --prompt "..." --interval 6 --order 1 --warmup 3
       seer-run out/dit-tiny --class "red circle at the top left" --guidance 4
       seer-run out/dit --class 207 --interval 4 --order 2 --warmup 2
+      seer-run out/flux-tiny --prompt "a red circle" --plan k10
     """
     from PIL.PngImagePlugin import PngInfo
 
@@ -82,10 +86,11 @@ def main(engine_dir, prompt, class_label, out, seed, steps, height, width, guida
     pipe = Pipeline.load(engine_dir, backend=backend, device=device, verify=verify, cuda_graphs=cuda_graphs,
                          expect_digest=expect_digest, trust_torch_programs=trust_torch_programs,
                          memory_budget=memory_budget)
-    with _progress(steps or pipe.manifest["defaults"]["steps"], quiet=as_json) as on_step:
+    planned = pipe.load_plan(plan) if plan is not None else None  # an unknown plan fails before any work
+    with _progress(steps or (planned.steps if planned else pipe.manifest["defaults"]["steps"]), quiet=as_json) as on_step:
         g = pipe(prompt, class_labels=class_label, seed=seed, steps=steps, height=height, width=width, guidance_scale=guidance,
                  interval=interval, order=order, warmup=warmup, final_full=final_full,
-                 schedule_style=schedule_style, no_cache=no_cache, on_step=on_step)
+                 schedule_style=schedule_style, no_cache=no_cache, on_step=on_step, plan=plan)
     for name, cut in g.truncated.items():
         if cut[0]:
             click.echo(f"warning: the prompt is longer than the {name} encoder takes; its last {cut[0]} tokens "
@@ -97,8 +102,10 @@ def main(engine_dir, prompt, class_label, out, seed, steps, height, width, guida
     settings = {**condition, "seed": seed, "steps": s.steps, "full_steps": s.full_steps,
                 "no_cache": no_cache, "interval": d["interval"] if interval is None else interval,
                 "order": d["order"] if order is None else order, "warmup": d["warmup"] if warmup is None else warmup,
-                "final_full": final_full, "schedule_style": schedule_style, "backend": backend,
+                "final_full": final_full, "schedule_style": schedule_style, "plan": plan, "backend": backend,
                 "engine": pipe.manifest["model"]["source"], "digest": pipe.digest, "seer": __version__}
+    if planned is not None:  # the plan fixed the schedule: the rule's settings did not apply
+        settings.update(interval=None, warmup=None, order=planned.order)
     info = PngInfo()
     info.add_text("parameters", json.dumps(settings))
     for key, value in condition.items():

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engines.manifest import open_engine_dir
+from ..engines.manifest import open_engine_dir, read_regular
 from ..engines.shapes import dim_values, shape_of, tensor_names
 from ..errors import EngineDirError, NonFiniteError, UsageError
 from . import arguments, memory
@@ -27,6 +27,7 @@ from .families import family_for
 from .finite import StepWatch, coefficient_error, conditioning_error, step_error
 from .guidance import guidance_for
 from .noise import randn
+from .plan import MAX_PLAN_BYTES, Plan, check_name, read_plan_bytes
 from .precision import DTYPES
 from .samplers import sampler_for
 from .schedule import Schedule
@@ -38,6 +39,7 @@ class Generation:
     images: list  # PIL images
     schedule: Schedule
     timings: dict[str, float]
+    plan: str | None = None  # the directory's plan the request ran, by name (None: a rule-based schedule)
     latents: np.ndarray | None = None  # final latents in the transformer's layout, like diffusers' output_type="latent"
     truncated: dict[str, list[int]] = field(default_factory=dict)  # tokens cut per encoder and prompt
     warnings: list[str] = field(default_factory=list)  # what the request ignored; seer-run prints each
@@ -65,6 +67,9 @@ class Pipeline:
         self.check_finite = True  # off only to measure what the check costs (scripts/bench_checks.py)
         self.memory_budget: int | None = None  # bytes a request may take (Pipeline.load's memory_budget)
         self._held = {"buffers": 0, "arenas": 0}  # what earlier requests left allocated, reusable by the next
+        self._plans: dict[str, Plan] = {}  # the directory's plans, read on first use
+        # seer-calibrate's recorder: called with (step, features) after every full step (lite: the prediction)
+        self.feature_tap: Callable[[int, Any], None] | None = None
 
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
@@ -112,6 +117,56 @@ class Pipeline:
             return Schedule.diffusers(steps, interval, warmup, steps - final_full if final_full else None)
         raise UsageError(f"unknown schedule style {style!r}; choose taylorseer or diffusers")
 
+    @property
+    def plan_names(self) -> list[str]:
+        """The calibrated plans this directory holds (seer-calibrate), by name."""
+        return sorted(self.manifest.get("schedules", {}))
+
+    def load_plan(self, name: str) -> Plan:
+        """One of the directory's plans, read and checked against the directory (its sha256, the graphs it
+        was calibrated on, the orders the forecast graph takes)."""
+        if isinstance(name, str) and name in self._plans:
+            return self._plans[name]
+        check_name(name)
+        entry = self.manifest.get("schedules", {}).get(name)
+        if entry is None:
+            known = ", ".join(self.plan_names) or "none"
+            raise UsageError(f"{self.directory} has no plan named {name!r} (it holds: {known}); pick one of those, "
+                             f"or make it with seer-calibrate {self.directory} --name {name}")
+        rel = entry["file"]
+        plan = read_plan_bytes(read_regular(self.directory, rel, MAX_PLAN_BYTES), self.manifest, rel,
+                               f"plan {name} ({self.directory / rel})")
+        self._plans[name] = plan
+        return plan
+
+    def plan(self, steps: int | None = None, no_cache: bool = False, interval: int | None = None,
+             warmup: int | None = None, final_full: int = 0, style: str = "taylorseer", order: int | None = None,
+             plan: str | Plan | None = None) -> Plan:
+        """The plan a request runs: a directory's plan by name (or a Plan, as seer-calibrate tries them),
+        or the rule-based schedule of these settings with Taylor's coefficients."""
+        if plan is None:
+            steps = self.manifest["defaults"]["steps"] if steps is None else steps
+            order = self.manifest["defaults"]["schedule"]["order"] if order is None else order
+            self._check_order(order)
+            arguments.check_steps(steps, self.max_steps)  # before a schedule of that many steps is built
+            schedule = self.schedule(steps, no_cache, interval, warmup, final_full, style)
+            return Plan.from_schedule(schedule, order, self.cache["max_order"] + 1)
+        given = [k for k, v in (("interval", interval), ("warmup", warmup), ("order", order)) if v is not None]
+        given += ["final_full"] * bool(final_full) + ["schedule_style"] * (style != "taylorseer")
+        given += ["no_cache"] * bool(no_cache)
+        if given:
+            raise UsageError(f"a plan fixes the whole schedule, so {given[0]} cannot be given with it; drop one of them")
+        chosen = self.load_plan(plan) if not isinstance(plan, Plan) else plan
+        if steps is not None and steps != chosen.steps:
+            raise UsageError(f"plan {chosen.name or ''} was calibrated for {chosen.steps} steps, not {steps}: run it "
+                             f"with {chosen.steps} steps, or calibrate one for {steps} (seer-calibrate --steps {steps})")
+        self._check_order(chosen.order)
+        widths = {len(c) for c in chosen.coefficients if c is not None} - {self.cache["max_order"] + 1}
+        if widths:
+            raise UsageError(f"the plan has {widths.pop()} coefficients a step; this directory's forecast graph takes "
+                             f"{self.cache['max_order'] + 1}")
+        return chosen
+
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -129,12 +184,16 @@ class Pipeline:
         return_latents: bool = False,
         on_step: Callable[[int, bool, Any], None] | None = None,
         class_labels: int | str | list[int | str] | None = None,
+        plan: str | Plan | None = None,
     ) -> Generation:
         """`prompt` for a text-to-image model (FLUX), `class_labels` (ids or names) for a class-conditional
         one (DiT); one image per prompt or class. `guidance_scale`: embedded guidance (FLUX.1-dev) or the
-        classifier-free guidance scale (DiT: above 1 doubles the batch)."""
+        classifier-free guidance scale (DiT: above 1 doubles the batch). `plan`: one of the directory's
+        calibrated plans by name (`plan_names`), in place of the interval/order/warm-up schedule."""
         arguments.check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup,
                               final_full, schedule_style, no_cache, return_latents, on_step, class_labels)
+        if plan is not None and not isinstance(plan, (str, Plan)):
+            raise UsageError(f"plan must be a plan's name (a string), not {type(plan).__name__}")
         if self._owner == threading.get_ident():  # waiting for our own lock would hang for ever
             raise UsageError("a Pipeline runs one request at a time and on_step tried to start another on the same "
                              "Pipeline; start it after this one returns, or on a second Pipeline")
@@ -144,30 +203,29 @@ class Pipeline:
                 # numpy's overflow warnings would come before, and say less than, the NonFiniteError
                 with self.backend.stream(), np.errstate(over="ignore", invalid="ignore"):
                     return self._generate(prompt, class_labels, seed, steps, height, width, guidance_scale, interval,
-                                          order, warmup, final_full, schedule_style, no_cache, return_latents, on_step)
+                                          order, warmup, final_full, schedule_style, no_cache, return_latents, on_step,
+                                          plan)
             finally:
                 self._owner = None
 
     def _generate(self, prompt, class_labels, seed, steps, height, width, guidance_scale, interval, order, warmup,
-                  final_full, schedule_style, no_cache, return_latents, on_step) -> Generation:
+                  final_full, schedule_style, no_cache, return_latents, on_step, plan_name) -> Generation:
         d, family, guidance, backend = self.manifest["defaults"], self.family, self.guidance, self.backend
         conditions = family.conditions(prompt, class_labels)
         b = len(conditions)
-        steps = d["steps"] if steps is None else steps
         height, width = d["height"] if height is None else height, d["width"] if width is None else width
         warnings = []
         if guidance_scale is not None and guidance.kind == "none":
             family.check_unguided(guidance_scale)  # a scale that asks for guidance the model cannot give: refused
             warnings.append(f"guidance scale {guidance_scale} ignored: this directory's model takes no guidance")
         guidance_scale = d["guidance_scale"] if guidance_scale is None or guidance.kind == "none" else guidance_scale
-        order = d["schedule"]["order"] if order is None else order
-        self._check_order(order)
+        plan = self.plan(steps, no_cache, interval, warmup, final_full, schedule_style, order, plan_name)
+        steps, schedule = plan.steps, plan.schedule
         if guidance.kind != "none":
             arguments.check_guidance(guidance_scale)
         family.check(height, width)
         arguments.check_seed(seed)
         arguments.check_steps(steps, self.max_steps)
-        schedule = self.schedule(steps, no_cache, interval, warmup, final_full, schedule_style)
         g = guidance.batch(guidance_scale)
         values = dim_values(self.manifest, b, height, width, g)
         need = self.estimate(b, height, width, guidance_scale)
@@ -184,11 +242,11 @@ class Pipeline:
         dt = self.dtypes
         latents = backend.asarray(family.latents_from_noise(randn(family.noise_shape(b, height, width), seed)),
                                   dt["latents"])
-        buf = self._request_buffers(values, order, tuple(latents.shape), g)
+        buf = self._request_buffers(values, plan.order, tuple(latents.shape), g)
         self._held["buffers"] = need.buffers
-        plan = self.sampler.plan(steps, tokens, dt["latents"])
+        sampling = self.sampler.plan(steps, tokens, dt["latents"])
         # every step's timestep on the device once: the loop then only takes views
-        timesteps = backend.asarray(np.repeat(plan.model_timesteps[:, None], g * b, axis=1))
+        timesteps = backend.asarray(np.repeat(sampling.model_timesteps[:, None], g * b, axis=1))
         state: TaylorState = buf["state"]
         state.reset()
         watch: StepWatch = buf["watch"]
@@ -211,8 +269,10 @@ class Pipeline:
                 if not lite:
                     outputs["features"] = features
                 backend.run("full", {n: step[n] for n in full_names}, outputs)
+                if self.feature_tap is not None:
+                    self.feature_tap(i, features)
             else:
-                coefficients = state.coefficients(i)
+                coefficients = plan.coefficients[i]
                 if not np.isfinite(coefficients).all():  # host values: a check costs no device sync
                     raise coefficient_error(i, steps, coefficients)
                 backend.write(buf["coefficients"], coefficients)
@@ -221,12 +281,12 @@ class Pipeline:
                 out = buf["out"]
                 backend.run("forecast", {n: step[n] for n in forecast_names}, {"sample": out})
             prediction = guidance.combine(family.prediction(out), buf["guided"], guidance_scale)
-            self.sampler.step(plan, i, latents, prediction, buf["wide"], buf["narrow"])
+            self.sampler.step(sampling, i, latents, prediction, buf["wide"], buf["narrow"])
             self._watch(watch, i, schedule, prediction, latents, buf["wide"])  # before the update swaps out away
             if schedule.full[i] and not no_cache:  # nothing will be forecast: the factors would be work thrown away
                 if not direct:
                     state.spare[...] = features
-                state.update(i, derive=i >= schedule.derive_from)
+                state.update(i, derive=i >= plan.derive_from)
             if on_step:
                 on_step(i, schedule.full[i], latents)
         backend.synchronize()
@@ -242,8 +302,8 @@ class Pipeline:
         if backend.name == "onnxruntime":  # its arenas keep what this request grew them to
             self._held["arenas"] = max(self._held["arenas"], need.transformer + need.decoder)
         timings["total"] = time.perf_counter() - t0
-        return Generation(images, schedule, timings, final if return_latents else None, info.get("truncated", {}),
-                          warnings)
+        return Generation(images, schedule, timings, plan_name if isinstance(plan_name, str) else plan.name,
+                          final if return_latents else None, info.get("truncated", {}), warnings)
 
     def estimate(self, batch: int, height: int, width: int, guidance_scale: float | None = None) -> memory.Estimate:
         """The memory a request of `batch` images at this size takes (runtime/memory.py)."""

@@ -1,0 +1,241 @@
+"""seer-calibrate's work: record a directory's own --no-cache runs, fit and search a plan for a budget
+of full steps (calib/plans.py), and add it to the directory in one atomic step.
+
+Calibration runs are kept apart from evaluation: by default their prompts (or classes) are outside
+seer-eval's default set and their seeds start at CALIBRATION_SEED, where evaluations use 0, 1, 2...
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import OutputError, UsageError
+from ..prompts import read_prompt_file
+from ..runtime.plan import Plan, check_name, encode_plan, graph_hashes, plan_file
+from . import plans
+
+CALIBRATION_SEED = 1000
+DEFAULT_SIZE = 8
+MAX_ELEMENTS = 1 << 22  # recorded per run and step: 50 steps of them are 800 MiB of float32 at most
+REAL_RUN_SECONDS = 600.0  # auto judge: real runs when a whole search of them fits in about this
+EXPECTED_EVALUATIONS = 150
+METHOD = "least-squares weights over the last full steps' features, local search of the placement"
+
+
+@dataclass
+class Recording:
+    gram: np.ndarray  # steps x steps, float64
+    references: list[np.ndarray]  # each run's --no-cache final latents
+    runs: list[dict]
+    steps: int
+    elements: int  # recorded per run and step
+    feature_elements: int  # the features' size per run and step
+    seconds: float  # the recording's wall time
+    run_seconds: float  # median --no-cache denoising loop of one run
+
+
+@dataclass
+class Calibration:
+    plan: Plan
+    table: list[dict] = field(default_factory=list)
+    recording: Recording | None = None
+    evaluations: int = 0
+    judge: str = "real"
+    seconds: float = 0.0
+
+
+def default_conditions(pipe, count: int) -> list[Any]:
+    """`count` prompts or class ids outside seer-eval's default set: the shapes world's for the embedded
+    models, calib/prompts.txt's for other text-to-image models, other classes for class-conditional ones."""
+    from ..evaluate import harness, shapes
+
+    rng = random.Random(CALIBRATION_SEED)
+    if pipe.family.conditioning == "prompt":
+        if pipe.manifest["model"].get("source") == "flux-tiny":
+            held = {s.prompt for s in shapes.eval_specs(harness.DEFAULT_COUNT)}
+            pool = [p for p in shapes.PROMPTS if p not in held]
+        else:
+            pool = read_prompt_file(Path(__file__).with_name("prompts.txt"))
+        return rng.sample(pool, min(count, len(pool)))
+    labels = harness.class_labels(pipe.manifest)
+    held = set(harness.default_class_ids(pipe.manifest))
+    pool = [i for i in (sorted(labels) if labels else range(int(pipe.manifest["classes"]["count"]))) if i not in held]
+    return rng.sample(pool, min(count, len(pool))) if pool else sorted(held)[:count]
+
+
+def calibration_runs(pipe, conditions: list[Any], seeds_per_condition: int = 1) -> list[dict]:
+    from ..evaluate.harness import condition_kwargs
+
+    kind = pipe.family.conditioning
+    runs = []
+    for k, c in enumerate(conditions):
+        for s in range(seeds_per_condition):
+            runs.append({**condition_kwargs(kind, c), "seed": CALIBRATION_SEED + k * seeds_per_condition + s})
+    return runs
+
+
+def record(pipe, runs: list[dict], steps: int, max_elements: int = MAX_ELEMENTS,
+           progress: Callable[[], None] = lambda: None) -> Recording:
+    """Every run --no-cache, with the Gram matrix of its features over steps (a fixed subsample of
+    `max_elements` per step when the features are larger) and its final latents as the reference."""
+    gram = np.zeros((steps, steps))
+    references, loops = [], []
+    t0 = time.perf_counter()
+    sizes = {}
+    for run in runs:
+        rows: list[np.ndarray | None] = [None] * steps
+
+        def tap(i, features):
+            x = np.asarray(pipe.backend.numpy(features), dtype=np.float32).reshape(-1)
+            if x.size not in sizes:
+                k = min(x.size, max_elements)
+                pick = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(x.size, k, replace=False)) \
+                    if k < x.size else None
+                sizes[x.size] = pick
+            pick = sizes[x.size]
+            rows[i] = (x if pick is None else x[pick]).copy()
+
+        pipe.feature_tap = tap
+        try:
+            g = pipe(**run, steps=steps, no_cache=True, return_latents=True)
+        finally:
+            pipe.feature_tap = None
+        x = np.stack(rows).astype(np.float64)
+        gram += x @ x.T
+        references.append(g.latents)
+        loops.append(g.timings["denoise"])
+        progress()
+    total = next(iter(sizes))
+    kept = total if sizes[total] is None else len(sizes[total])
+    return Recording(gram, references, runs, steps, kept, total, time.perf_counter() - t0, float(np.median(loops)))
+
+
+def check_budget(budget: int, steps: int, warmup: int) -> None:
+    if budget > steps:
+        raise UsageError(f"a budget of {budget} full steps is above the {steps} steps; give --budget {steps} or "
+                         "fewer (or more --steps)")
+    if warmup < 1:
+        raise UsageError(f"warm-up must be at least 1 (got {warmup}): the first step is always full")
+    if budget < warmup:
+        raise UsageError(f"a budget of {budget} full steps is below the warm-up of {warmup} (the first {warmup} steps "
+                         f"are always full); give --budget {warmup} or more, or a smaller --warmup")
+
+
+def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judge: str = "auto", ridge: float = 1e-3,
+              max_evaluations: int = 400, max_elements: int = MAX_ELEMENTS,
+              progress: Callable[[str, int | None], Callable[[], None]] | None = None,
+              recording: Recording | None = None) -> Calibration:
+    """Record `runs` (or take `recording` of them, made for another budget), then find the plan of
+    `budget` full steps (the first `warmup` of them fixed) that keeps closest to --no-cache. `judge`:
+    real (score placements by cached runs of `runs`), proxy (calib/plans.py), or auto (real when a
+    search of them takes about REAL_RUN_SECONDS or less)."""
+    check_budget(budget, steps, warmup)
+    if not runs:
+        raise UsageError("no calibration prompts or classes; give at least one")
+    started = time.perf_counter()
+    progress = progress or (lambda what, total: (lambda: None))
+    rec = recording or record(pipe, runs, steps, max_elements, progress("recording --no-cache runs", len(runs)))
+    slots = pipe.cache["max_order"] + 1
+    orders = list(range(pipe.cache["max_order"] + 1))
+    sampling = pipe.sampler.plan(steps, pipe.family.sequence(pipe.manifest["defaults"]["height"],
+                                                             pipe.manifest["defaults"]["width"])[0], "float32")
+    sens = plans.sensitivity(lambda i, x, p: pipe.sampler.step(sampling, i, x, p, np.zeros_like(x), None), steps)
+    diag = np.diag(rec.gram)
+    if judge == "auto":
+        cost = len(runs) * rec.run_seconds * budget / steps * EXPECTED_EVALUATIONS
+        judge = "real" if cost <= REAL_RUN_SECONDS else "proxy"
+
+    def plan_for(placement: tuple[int, ...], order: int) -> Plan:
+        full = plans.full_of(placement, steps)
+        return Plan(full, order, plans.fit(rec.gram, full, order, slots, ridge).coefficients)
+
+    def real(plan: Plan) -> float:
+        """Mean latent SNR (dB) of the runs under `plan` against their --no-cache latents."""
+        return float(np.mean([plans.latent_snr_db(ref, pipe(**run, plan=plan, return_latents=True).latents)
+                              for run, ref in zip(runs, rec.references)]))
+
+    def score(placement, order) -> float:
+        if judge == "real":
+            return -real(plan_for(placement, order))
+        full = plans.full_of(placement, steps)
+        return plans.proxy(plans.fit(rec.gram, full, order, slots, ridge).residuals, sens, diag)
+
+    tick = progress(f"budget {budget}: searching placements ({judge})", max_evaluations)
+    placement, order, _, evaluations = plans.search(score, steps, budget, warmup, orders, max_evaluations, tick)
+    plan = plan_for(placement, order)
+    table = []
+    rule = plans.taylorseer_for_budget(steps, budget, warmup)
+    if rule is not None:
+        default_order = min(pipe.manifest["defaults"]["schedule"]["order"], pipe.cache["max_order"])
+        taylor = Plan.from_schedule(rule, default_order, slots)
+        table.append({"plan": f"TaylorSeer {_interval(rule)}/{default_order}/{warmup}", "full_steps": rule.full_steps,
+                      "order": default_order,
+                      "proxy": plans.proxy(plans.taylor_residuals(rec.gram, taylor), sens, diag),
+                      "latent_snr_db": real(taylor)})
+    table.append({"plan": "calibrated", "full_steps": plan.full_steps, "order": order,
+                  "proxy": plans.proxy(plans.fit(rec.gram, plan.full, order, slots, ridge).residuals, sens, diag),
+                  "latent_snr_db": real(plan)})
+    return Calibration(plan, table, rec, evaluations, judge, time.perf_counter() - started)
+
+
+def _interval(schedule) -> int:
+    fulls = schedule.full_steps
+    return fulls[-1] - fulls[-2] if len(fulls) > 1 else schedule.steps
+
+
+def provenance(pipe, cal: Calibration, name: str, budget: int, warmup: int, ridge: float, conditions: list) -> dict:
+    rec = cal.recording
+    calibrated = cal.table[-1]
+    return {
+        "method": METHOD, "judge": cal.judge, "budget": budget, "warmup": warmup, "ridge": ridge,
+        "conditioning": pipe.family.conditioning, "conditions": [str(c) for c in conditions],
+        "seeds": sorted({r["seed"] for r in rec.runs}),
+        "height": pipe.manifest["defaults"]["height"], "width": pipe.manifest["defaults"]["width"],
+        "recorded_elements": rec.elements, "feature_elements": rec.feature_elements,
+        "metric": "latent SNR dB against --no-cache on the calibration runs", "value": calibrated["latent_snr_db"],
+        "baseline": cal.table[0] if len(cal.table) > 1 else None,
+        "evaluations": cal.evaluations, "seconds": round(cal.seconds, 2),
+        "graphs": graph_hashes(pipe.manifest), "seer": __version__,
+    }
+
+
+def add_plans(directory: str | Path, named: dict[str, Plan], graphs: dict[str, str], replace: bool = False,
+              log: Callable[[str], None] = lambda m: None) -> dict:
+    """Add plans to the directory as schedules/NAME.json, listed and hashed in the manifest, in one step:
+    the directory with the plans takes the old one's place by one rename (engines/writing.py), so a
+    reader sees the old directory or the new one, and a kill or a full disk leaves the old one as it was.
+    The manifest is read again under the directory's lock: a plan added meanwhile by another process is
+    kept, and graphs changed meanwhile refuse these plans."""
+    from ..engines.manifest import read_manifest, write_manifest
+    from ..engines.writing import link_files, writing_engine_dir
+
+    directory = Path(directory)
+    files = {plan_file(check_name(name)): name for name in named}
+    with writing_engine_dir(directory, overwrite=True, log=log) as tmp:
+        manifest = read_manifest(directory, verify=True)
+        if graph_hashes(manifest) != graphs:
+            raise OutputError(f"the graphs of {directory} changed while it was calibrated (re-exported or rebuilt); "
+                              "calibrate it again")
+        taken = sorted(set(named) & set(manifest.get("schedules", {})))
+        if taken and not replace:
+            raise UsageError(f"{directory} already holds a plan named {taken[0]!r}; pass --overwrite to replace it, "
+                             "or choose another --name")
+        link_files(directory, tmp, manifest, skip=lambda r: r in files)
+        body = {k: v for k, v in manifest.items() if k not in ("schema", "schema_version", "files")}
+        schedules = dict(body.get("schedules", {}))
+        for rel, name in files.items():
+            plan = named[name]
+            (tmp / rel).parent.mkdir(exist_ok=True)
+            (tmp / rel).write_bytes(encode_plan(Plan(plan.full, plan.order, plan.coefficients, plan.derive_from,
+                                                     name, plan.provenance)))
+            schedules[name] = {"file": rel, "steps": plan.steps, "full_steps": len(plan.full_steps),
+                               "method": str(plan.provenance.get("method", ""))[:200]}
+        body["schedules"] = schedules
+        return write_manifest(tmp, body)
