@@ -93,14 +93,15 @@ def record(pipe, runs: list[dict], steps: int, max_elements: int = MAX_ELEMENTS,
         rows: list[np.ndarray | None] = [None] * steps
 
         def tap(i, features):
-            x = np.asarray(pipe.backend.numpy(features), dtype=np.float32).reshape(-1)
-            if x.size not in sizes:
-                k = min(x.size, max_elements)
-                pick = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(x.size, k, replace=False)) \
-                    if k < x.size else None
-                sizes[x.size] = pick
-            pick = sizes[x.size]
-            rows[i] = (x if pick is None else x[pick]).copy()
+            flat = features.reshape(-1)
+            n = int(np.prod(features.shape))
+            if n not in sizes:  # the same elements at every step and in every run of a shape
+                k = min(n, max_elements)
+                pick = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(n, k, replace=False)) if k < n else None
+                sizes[n] = (pick, None if pick is None else pipe.backend.asarray(pick))
+            pick, on_device = sizes[n]
+            # subsampled where the features are (a GPU's), so only the subsample crosses to the host
+            rows[i] = np.asarray(pipe.backend.numpy(flat if pick is None else flat[on_device]), dtype=np.float32)
 
         pipe.feature_tap = tap
         try:
@@ -113,7 +114,7 @@ def record(pipe, runs: list[dict], steps: int, max_elements: int = MAX_ELEMENTS,
         loops.append(g.timings["denoise"])
         progress()
     total = next(iter(sizes))
-    kept = total if sizes[total] is None else len(sizes[total])
+    kept = total if sizes[total][0] is None else len(sizes[total][0])
     return Recording(gram, references, runs, steps, kept, total, time.perf_counter() - t0, float(np.median(loops)))
 
 
@@ -128,7 +129,7 @@ def check_budget(budget: int, steps: int, warmup: int) -> None:
                          f"are always full); give --budget {warmup} or more, or a smaller --warmup")
 
 
-def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judge: str = "auto", ridge: float = 1e-3,
+def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judge: str = "auto", ridge: float = 1e-4,
               max_evaluations: int = 400, max_elements: int = MAX_ELEMENTS,
               progress: Callable[[str, int | None], Callable[[], None]] | None = None,
               recording: Recording | None = None) -> Calibration:

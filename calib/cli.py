@@ -29,7 +29,7 @@ from ..cli_common import command, user_errors
               help="Score placements by cached runs against --no-cache (real) or from the recorded features alone "
                    "(proxy); auto picks real when a search of them takes about 10 minutes or less.")
 @click.option("--max-evaluations", type=int, default=400, show_default=True, help="Placements the search may score.")
-@click.option("--ridge", type=float, default=1e-3, show_default=True,
+@click.option("--ridge", type=float, default=1e-4, show_default=True,
               help="Pull of the least-squares weights towards Taylor's (relative to the features' scale).")
 @click.option("--overwrite", is_flag=True, help="Replace a plan of the same name.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt"]), default="onnxruntime",

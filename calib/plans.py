@@ -38,7 +38,7 @@ class Fit:
     residuals: np.ndarray  # per step: the relative squared residual of the forecast (0 at full steps)
 
 
-def fit(gram: np.ndarray, full: tuple[bool, ...], order: int, slots: int, ridge: float = 1e-3) -> Fit:
+def fit(gram: np.ndarray, full: tuple[bool, ...], order: int, slots: int, ridge: float = 1e-4) -> Fit:
     """Least-squares weights for every forecast step of `full` (every full step derives), as coefficients."""
     steps = len(full)
     coefficients: list[np.ndarray | None] = []

@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--judge", default="auto", choices=["auto", "real", "proxy"])
     ap.add_argument("--max-evaluations", type=int, default=400)
+    ap.add_argument("--latent", action="store_true",
+                    help="also the held-out runs' final latents against --no-cache (latent SNR dB; images at 8 bits "
+                         "stop telling schedules apart above about 50 dB PSNR); runs every row again")
     ap.add_argument("--out", default="out/bench_plans.json")
     args = ap.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
             result = cal.calibrate(pipe, k, args.steps, runs, warmup, args.judge, max_evaluations=args.max_evaluations,
                                    recording=recording)
             recording = result.recording
-            prov = cal.provenance(pipe, result, f"k{k}", k, warmup, 1e-3, conditions)
+            prov = cal.provenance(pipe, result, f"k{k}", k, warmup, 1e-4, conditions)
             p = result.plan
             made[f"k{k}"] = Plan(p.full, p.order, p.coefficients, p.derive_from, f"k{k}", prov)
             per_budget[k] = {"seconds": round(result.seconds, 1), "judge": result.judge, "rows": result.table,
@@ -82,8 +85,22 @@ def main(argv=None) -> int:
     report = harness.evaluate(args.engine_dirs, specs, None, seeds, steps=args.steps, count=args.count,
                               judge=False, progress=lambda m: print(m, file=sys.stderr))
     rows = {(r["engine_dir"], r["schedule"]): r for r in report["rows"]}
-    lines = ["| budget | cache | TaylorSeer | PSNR dB | SSIM | loop ms | calibrated full steps | PSNR dB | SSIM | "
-             "loop ms | gain dB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    latent = {}
+    if args.latent:
+        items = harness.conditions_for(pipe, None, args.count)
+        cases = [(k, s) for k in range(len(items.values)) for s in seeds]
+        refs = [pipe(**items.kwargs(k), seed=s, steps=args.steps, no_cache=True, return_latents=True).latents
+                for k, s in cases]
+        for e in args.engine_dirs:
+            p = Pipeline.load(e)
+            for spec in specs[1:]:
+                latent[(e, spec.label)] = sum(
+                    plans.latent_snr_db(ref, p(**items.kwargs(k), seed=s, steps=args.steps, return_latents=True,
+                                              **spec.kwargs()).latents) for ref, (k, s) in zip(refs, cases)) / len(cases)
+    head = "| budget | cache | TaylorSeer | PSNR dB | SSIM | loop ms | calibrated full steps | PSNR dB | SSIM | loop ms | gain dB |"
+    if args.latent:
+        head += " latent SNR dB TaylorSeer / calibrated |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for k in budgets:
         for e in args.engine_dirs:
             plan_row = rows[(e, f"plan:k{k}")]
@@ -98,6 +115,9 @@ def main(argv=None) -> int:
             cells += [",".join(map(str, full)), f"{plan_row['psnr_db']['mean']:.2f}", f"{plan_row['ssim']['mean']:.4f}",
                       f"{plan_row['seconds']['denoise_median'] * 1e3:.1f}",
                       f"{plan_row['psnr_db']['mean'] - rule_row['psnr_db']['mean']:+.2f}" if rule_row else "-"]
+            if args.latent:
+                cells.append(f"{latent.get((e, rules[k].label), float('nan')):.2f} / {latent[(e, f'plan:k{k}')]:.2f}"
+                             if k in rules else f"- / {latent[(e, f'plan:k{k}')]:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
     none = rows[(args.engine_dirs[0], "none")]
     lines.append(f"\n--no-cache loop {none['seconds']['denoise_median'] * 1e3:.1f} ms; "

@@ -338,3 +338,35 @@ def test_the_manifest_names_plan_files_by_their_names(calibrated, tmp_path):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineDirError, match="schedules.k8-s50.file"):
         Pipeline.load(d)
+
+
+def test_the_proxy_judge_ranks_by_the_recorded_features(engine_lite):
+    """Where real runs are too dear the search never runs a cached generation: it ranks placements by
+    the proxy, and the plan it returns is no worse by that proxy than TaylorSeer's at the budget."""
+    pipe = Pipeline.load(engine_lite)
+    runs = cal.calibration_runs(pipe, cal.default_conditions(pipe, 3))
+    calls = []
+    result = cal.calibrate(pipe, 8, 30, runs, 3, judge="proxy", max_evaluations=40,
+                           progress=lambda what, total: (lambda: calls.append(what)))
+    rule, ours = result.table
+    assert result.judge == "proxy" and result.evaluations <= 41 and rule["plan"] == "TaylorSeer 5/1/3"
+    assert ours["proxy"] <= rule["proxy"] and len(ours["full_steps"]) == 8 and ours["full_steps"][:3] == [0, 1, 2]
+
+
+def test_a_class_conditional_directory_calibrates_on_classes_apart(engine_dit):
+    from seer.evaluate import harness
+
+    from types import SimpleNamespace
+
+    from seer.evaluate import shapes
+
+    labelled = {"model": {}, "classes": {"count": 90, "labels": {str(k): v for k, v in shapes.CLASS_LABELS.items()}}}
+    picked = cal.default_conditions(SimpleNamespace(family=SimpleNamespace(conditioning="class"), manifest=labelled), 8)
+    assert len(set(picked)) == 8 and not set(picked) & set(harness.default_class_ids(labelled))
+    pipe = Pipeline.load(engine_dit)  # 5 classes, all in seer-eval's set: apart by their seeds only
+    classes = cal.default_conditions(pipe, 3)
+    runs = cal.calibration_runs(pipe, classes)
+    result = cal.calibrate(pipe, 6, 20, runs, 2, judge="real", max_evaluations=15)
+    assert min(r["seed"] for r in runs) >= cal.CALIBRATION_SEED
+    g = pipe(class_labels=[classes[0]], plan=result.plan, seed=5)
+    assert g.schedule.full_steps == result.plan.full_steps and len(g.schedule.full_steps) == 6
