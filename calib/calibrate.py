@@ -172,11 +172,12 @@ def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judg
     placement, order, _, evaluations = plans.search(score, steps, budget, warmup, orders, max_evaluations, tick)
     plan = plan_for(placement, order)
     table = []
-    rule = plans.taylorseer_for_budget(steps, budget, warmup)
+    rule_warmup = pipe.manifest["defaults"]["schedule"]["warmup"]  # the baseline: the directory's own TaylorSeer
+    rule = plans.taylorseer_for_budget(steps, budget, rule_warmup)
     if rule is not None:
         default_order = min(pipe.manifest["defaults"]["schedule"]["order"], pipe.cache["max_order"])
         taylor = Plan.from_schedule(rule, default_order, slots)
-        table.append({"plan": f"TaylorSeer {_interval(rule)}/{default_order}/{warmup}", "full_steps": rule.full_steps,
+        table.append({"plan": f"TaylorSeer {_interval(rule)}/{default_order}/{rule_warmup}", "full_steps": rule.full_steps,
                       "order": default_order,
                       "proxy": plans.proxy(plans.taylor_residuals(rec.gram, taylor), sens, diag),
                       "latent_snr_db": real(taylor)})

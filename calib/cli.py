@@ -23,8 +23,8 @@ from ..cli_common import command, user_errors
                    "[default: a set apart from seer-eval's].")
 @click.option("--calibration-size", type=int, default=None,
               help="How many calibration prompts or classes to use [default: 8, or all of --prompts].")
-@click.option("--warmup", type=int, default=None,
-              help="Leading steps always full [default: the directory's warm-up].")
+@click.option("--warmup", type=int, default=1, show_default=True,
+              help="Leading steps always full; the search places the other full steps (1: all but the first).")
 @click.option("--judge", type=click.Choice(["auto", "real", "proxy"]), default="auto", show_default=True,
               help="Score placements by cached runs against --no-cache (real) or from the recorded features alone "
                    "(proxy); auto picks real when a search of them takes about 10 minutes or less.")
@@ -73,7 +73,6 @@ def main(engine_dir, budgets, name, steps, prompt_file, calibration_size, warmup
     if steps < 1:
         raise UsageError(f"steps must be at least 1 (got {steps})")
     budgets = list(dict.fromkeys(budgets))
-    warmup = min(d["schedule"]["warmup"], steps) if warmup is None else warmup
     for budget in budgets:
         cal.check_budget(budget, steps, warmup)
     pipe.plan(steps)  # the step count against the sampler, before any work

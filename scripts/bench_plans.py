@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=None, help="held-out prompts or classes [default: harness's 36]")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--judge", default="auto", choices=["auto", "real", "proxy"])
+    ap.add_argument("--warmup", type=int, default=1, help="seer-calibrate --warmup")
     ap.add_argument("--max-evaluations", type=int, default=400)
     ap.add_argument("--latent", action="store_true",
                     help="also the held-out runs' final latents against --no-cache (latent SNR dB; images at 8 bits "
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     calibration = {}
     for d in args.engine_dirs:
         pipe = Pipeline.load(d)
-        warmup = pipe.manifest["defaults"]["schedule"]["warmup"]
+        warmup = args.warmup
         conditions = cal.default_conditions(pipe, args.calibration_size)
         runs = cal.calibration_runs(pipe, conditions)
         pipe.warmup()

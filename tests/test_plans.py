@@ -224,7 +224,7 @@ def test_seer_eval_takes_plans_as_rows(calibrated):
 
 @pytest.mark.parametrize("args, needles", [
     (["-k", "51"], ["budget of 51", "above the 50 steps"]),
-    (["-k", "2"], ["below the warm-up of 3", "--warmup"]),
+    (["-k", "2", "--warmup", "3"], ["below the warm-up of 3", "--warmup"]),
     (["-k", "4", "--warmup", "0"], ["warm-up must be at least 1"]),
     (["-k", "6", "--prompts", "missing.txt"], ["missing.txt does not exist"]),
     (["-k", "6", "--prompts", "EMPTY"], ["holds no prompts"]),
