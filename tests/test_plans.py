@@ -370,3 +370,26 @@ def test_a_class_conditional_directory_calibrates_on_classes_apart(engine_dit):
     assert min(r["seed"] for r in runs) >= cal.CALIBRATION_SEED
     g = pipe(class_labels=[classes[0]], plan=result.plan, seed=5)
     assert g.schedule.full_steps == result.plan.full_steps and len(g.schedule.full_steps) == 6
+
+
+def test_a_rule_schedule_stored_as_a_plan_runs_bit_identically(calibrated, tmp_path):
+    """TaylorSeer's and diffusers' rules are plans in the same format: written into the directory and
+    run by name, each gives the very latents its interval/order/warm-up arguments give."""
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(calibrated, d)
+    pipe = Pipeline.load(d)
+    rules = {"ts-5-1-3": dict(interval=5, order=1, warmup=3),
+             "diffusers-4-1-2": dict(interval=4, order=1, warmup=2, schedule_style="diffusers")}
+    made = {}
+    for name, kw in rules.items():
+        p = pipe.plan(50, **{("style" if k == "schedule_style" else k): v for k, v in kw.items()})
+        made[name] = Plan(p.full, p.order, p.coefficients, p.derive_from, name,
+                          {"graphs": cal.graph_hashes(pipe.manifest)})
+    cal.add_plans(d, made, cal.graph_hashes(pipe.manifest))
+    pipe = Pipeline.load(d)
+    for name, kw in rules.items():
+        a = pipe("a blue square", seed=1, return_latents=True, **kw).latents
+        b = pipe("a blue square", seed=1, return_latents=True, plan=name).latents
+        np.testing.assert_array_equal(a, b)
