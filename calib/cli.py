@@ -125,9 +125,9 @@ def main(engine_dir, budgets, name, steps, prompt_file, calibration_size, warmup
 
 
 def _table(rows: list[dict]) -> str:
-    lines = [f"{'plan':<22}{'order':>6}{'latent SNR dB':>15}{'proxy':>10}  full steps"]
+    lines = [f"{'plan':<22}{'order':>6}{'PSNR dB':>9}{'proxy':>10}  full steps"]
     for r in rows:
-        lines.append(f"{r['plan']:<22}{r['order']:>6}{r['latent_snr_db']:>15.2f}{r['proxy']:>10.4g}  "
+        lines.append(f"{r['plan']:<22}{r['order']:>6}{r['psnr_db']:>9.2f}{r['proxy']:>10.4g}  "
                      f"{','.join(map(str, r['full_steps']))}")
     return "\n".join(lines)
 

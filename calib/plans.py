@@ -16,7 +16,7 @@ the forecast graph's coefficient input by runtime/plan.py.
 The proxy a placement is judged by when real runs are too dear: each forecast step's relative
 residual, weighted by how much an error in that step's prediction moves the final latents through
 the sampler (the step's own factor times the latent gains of the steps after it, the model's Jacobian
-left out). Real runs, where they are cheap, judge by the final latents against --no-cache instead.
+left out). Real runs, where they are cheap, judge by the decoded images against --no-cache instead.
 """
 
 from __future__ import annotations
@@ -180,6 +180,12 @@ def search(score: Callable[[tuple[int, ...], int], float], steps: int, budget: i
             break
         best = (best[0], order)
     return best[0], best[1], value(*best), len(seen)
+
+
+def psnr_db(reference: np.ndarray, image: np.ndarray) -> float:
+    """PSNR of images in [-1, 1] (a range of 2), capped at 100 dB for identical images."""
+    err = float(np.mean((image.astype(np.float64) - reference) ** 2))
+    return 100.0 if err == 0 else min(100.0, 10 * math.log10(4.0 / err))
 
 
 def latent_snr_db(reference: np.ndarray, latents: np.ndarray) -> float:
