@@ -169,7 +169,7 @@ def test_a_calibrated_plan_beats_the_fixed_interval_on_held_out_runs(calibrated)
         ours = pipe(prompt, seed=k, plan="k10-s50", return_latents=True)
         assert len(ours.schedule.full_steps) == len(rule.schedule.full_steps) == 10 and ours.plan == "k10-s50"
         gains.append(plans.latent_snr_db(ref, ours.latents) - plans.latent_snr_db(ref, rule.latents))
-    assert np.mean(gains) > 2.0, gains  # measured: about +5 dB
+    assert np.mean(gains) > 2.0, gains  # README: about +7 dB in latents with 8 calibration prompts and 400 evaluations
 
 
 def test_the_loop_forecasts_what_the_weights_say(calibrated):
@@ -342,7 +342,8 @@ def test_the_manifest_names_plan_files_by_their_names(calibrated, tmp_path):
 
 def test_the_proxy_judge_ranks_by_the_recorded_features(engine_lite):
     """Where real runs are too dear the search never runs a cached generation: it ranks placements by
-    the proxy, and the plan it returns is no worse by that proxy than TaylorSeer's at the budget."""
+    the proxy; real runs of the calibration set then choose among its plan, TaylorSeer's placement with
+    fitted weights and TaylorSeer itself, so the plan is never worse there than TaylorSeer."""
     pipe = Pipeline.load(engine_lite)
     runs = cal.calibration_runs(pipe, cal.default_conditions(pipe, 3))
     calls = []
@@ -350,7 +351,8 @@ def test_the_proxy_judge_ranks_by_the_recorded_features(engine_lite):
                            progress=lambda what, total: (lambda: calls.append(what)))
     rule, ours = result.table
     assert result.judge == "proxy" and result.evaluations <= 41 and rule["plan"] == "TaylorSeer 5/1/3"
-    assert ours["proxy"] <= rule["proxy"] and len(ours["full_steps"]) == 8 and ours["full_steps"][:3] == [0, 1, 2]
+    assert ours["psnr_db"] >= rule["psnr_db"] and len(ours["full_steps"]) == 8 == len(result.plan.full_steps)
+    assert ours["full_steps"] == result.plan.full_steps and ours["full_steps"][:3] == [0, 1, 2]
 
 
 def test_a_class_conditional_directory_calibrates_on_classes_apart(engine_dit):
