@@ -90,26 +90,26 @@ def record(pipe, runs: list[dict], steps: int, max_elements: int = MAX_ELEMENTS,
     references, loops = [], []
     t0 = time.perf_counter()
     sizes = {}
+    x: np.ndarray | None = None  # steps x recorded elements, float32, reused by every run
     for run in runs:
-        rows: list[np.ndarray | None] = [None] * steps
-
         def tap(i, features):
+            nonlocal x
             flat = features.reshape(-1)
             n = int(np.prod(features.shape))
             if n not in sizes:  # the same elements at every step and in every run of a shape
                 k = min(n, max_elements)
                 pick = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(n, k, replace=False)) if k < n else None
                 sizes[n] = (pick, None if pick is None else pipe.backend.asarray(pick))
+                x = np.zeros((steps, k), dtype=np.float32)
             pick, on_device = sizes[n]
             # subsampled where the features are (a GPU's), so only the subsample crosses to the host
-            rows[i] = np.asarray(pipe.backend.numpy(flat if pick is None else flat[on_device]), dtype=np.float32)
+            x[i] = pipe.backend.numpy(flat if pick is None else flat[on_device])
 
         pipe.feature_tap = tap
         try:
             g = pipe(**run, steps=steps, no_cache=True, return_latents=True)
         finally:
             pipe.feature_tap = None
-        x = np.stack(rows)  # float32, steps x elements
         for k in range(0, x.shape[1], GRAM_CHUNK):  # float64 sums without a float64 copy of it all
             part = x[:, k:k + GRAM_CHUNK].astype(np.float64)
             gram += part @ part.T
