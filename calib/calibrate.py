@@ -7,6 +7,8 @@ seer-eval's default set and their seeds start at CALIBRATION_SEED, where evaluat
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
-from ..errors import OutputError, UsageError
+from ..errors import EngineDirError, OutputError, UsageError
 from ..prompts import read_prompt_file
-from ..runtime.plan import Plan, check_name, encode_plan, graph_hashes, plan_file
+from ..runtime.plan import MAX_COEFFICIENT, Plan, check_name, encode_plan, graph_hashes, plan_file, plan_from_json
 from . import plans
 
 CALIBRATION_SEED = 1000
@@ -176,14 +178,20 @@ def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judg
                               for run, ref in zip(runs, rec.references)]))
 
     def score(placement, order) -> float:
+        plan = plan_for(placement, order)
+        if not runnable(plan):  # full steps too far apart for this order: coefficients a plan may not hold
+            return math.inf
         if judge == "real":
-            return -real(plan_for(placement, order))
+            return -real(plan)
         full = plans.full_of(placement, steps)
         return plans.proxy(plans.fit(rec.gram, full, order, slots, ridge).residuals, sens, diag)
 
     tick = progress(f"budget {budget}: searching placements ({judge})", max_evaluations)
     placement, order, _, evaluations = plans.search(score, steps, budget, warmup, orders, max_evaluations, tick)
     plan = plan_for(placement, order)
+    if not runnable(plan):
+        raise UsageError(f"no placement of {budget} full steps in {steps} found coefficients of at most "
+                         f"{MAX_COEFFICIENT:g} (the full steps are too far apart); give a larger --budget")
     chosen = {"plan": "calibrated", "full_steps": plan.full_steps, "order": order,
               "proxy": plans.proxy(plans.fit(rec.gram, plan.full, order, slots, ridge).residuals, sens, diag),
               "psnr_db": real(plan)}
@@ -206,9 +214,14 @@ def calibrate(pipe, budget: int, steps: int, runs: list[dict], warmup: int, judg
                                          "full_steps": rule.full_steps, "proxy": fitted_proxy,
                                          "psnr_db": real(fitted)}, fitted),
                        ({**baseline, "plan": "calibrated (TaylorSeer kept)"}, taylor)]
-            chosen, plan = max(options, key=lambda o: o[0]["psnr_db"])
+            chosen, plan = max((o for o in options if runnable(o[1])), key=lambda o: o[0]["psnr_db"])
     table.append(chosen)
     return Calibration(plan, table, rec, evaluations, judge, time.perf_counter() - started)
+
+
+def runnable(plan: Plan) -> bool:
+    """Coefficients a plan file may hold: finite and at most MAX_COEFFICIENT."""
+    return all(c is None or (np.isfinite(c).all() and np.abs(c).max() <= MAX_COEFFICIENT) for c in plan.coefficients)
 
 
 def _interval(schedule) -> int:
@@ -259,9 +272,13 @@ def add_plans(directory: str | Path, named: dict[str, Plan], graphs: dict[str, s
         schedules = dict(body.get("schedules", {}))
         for rel, name in files.items():
             plan = named[name]
+            data = encode_plan(Plan(plan.full, plan.order, plan.coefficients, plan.derive_from, name, plan.provenance))
+            try:  # what every reader will check: a plan seer-run would refuse is never written
+                plan_from_json(json.loads(data), manifest, f"plan {name}", check_graphs=False)
+            except EngineDirError as e:
+                raise OutputError(str(e).split("; calibrate it again")[0] + "; nothing was written") from None
             (tmp / rel).parent.mkdir(exist_ok=True)
-            (tmp / rel).write_bytes(encode_plan(Plan(plan.full, plan.order, plan.coefficients, plan.derive_from,
-                                                     name, plan.provenance)))
+            (tmp / rel).write_bytes(data)
             schedules[name] = {"file": rel, "steps": plan.steps, "full_steps": len(plan.full_steps),
                                "method": str(plan.provenance.get("method", ""))[:200]}
         body["schedules"] = schedules

@@ -54,7 +54,8 @@ def fit(gram: np.ndarray, full: tuple[bool, ...], order: int, slots: int, ridge:
         taylor = forecast_coefficients(i - last, len(q), len(q) - 1).astype(np.float64) @ basis
         a, b = gram[np.ix_(q, q)], gram[q, i]
         lam = ridge * max(float(np.mean(np.diag(a))), 1e-30)
-        w = np.linalg.solve(a + lam * np.eye(len(q)), b + lam * taylor)
+        # lstsq, not solve: features that repeat exactly (or --ridge 0) leave the system singular
+        w = np.linalg.lstsq(a + lam * np.eye(len(q)), b + lam * taylor, rcond=None)[0]
         residual = gram[i, i] - 2 * w @ b + w @ a @ w
         residuals[i] = max(residual, 0.0) / max(gram[i, i], 1e-30)
         coefficients.append(coefficients_for_weights(basis, w, slots))

@@ -173,6 +173,8 @@ def build_plans(directory: str | Path, options: BuildOptions = BuildOptions(), o
     profiles = profile_shapes(manifest, options)
     target = Path(out) if out is not None else directory
     with writing_engine_dir(target, overwrite=overwrite or out is None) as tmp:
+        if out is None:  # read again under the directory's lock: what seer-calibrate added meanwhile is kept
+            manifest = read_manifest(directory, verify=True)
         link_files(directory, tmp, manifest, skip=lambda rel: rel.split("/")[0] == PLAN_DIR)  # old plans go
         (tmp / PLAN_DIR).mkdir(exist_ok=True)
         started, plans = time.perf_counter(), {}

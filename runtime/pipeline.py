@@ -27,7 +27,7 @@ from .families import family_for
 from .finite import StepWatch, coefficient_error, conditioning_error, step_error
 from .guidance import guidance_for
 from .noise import randn
-from .plan import MAX_PLAN_BYTES, Plan, check_name, read_plan_bytes
+from .plan import MAX_PLAN_BYTES, Plan, check_name, plan_from_json, read_plan_bytes
 from .precision import DTYPES
 from .samplers import sampler_for
 from .schedule import Schedule
@@ -156,7 +156,13 @@ class Pipeline:
         given += ["no_cache"] * bool(no_cache)
         if given:
             raise UsageError(f"a plan fixes the whole schedule, so {given[0]} cannot be given with it; drop one of them")
-        chosen = self.load_plan(plan) if not isinstance(plan, Plan) else plan
+        if isinstance(plan, Plan):  # made in this process (seer-calibrate): the checks a plan file gets
+            try:
+                chosen = plan_from_json(plan.to_json(), self.manifest, "the plan", check_graphs=False)
+            except EngineDirError as e:
+                raise UsageError(str(e).split("; calibrate it again")[0] + "; fix the Plan passed in") from None
+        else:
+            chosen = self.load_plan(plan)
         if steps is not None and steps != chosen.steps:
             raise UsageError(f"plan {chosen.name or ''} was calibrated for {chosen.steps} steps, not {steps}: run it "
                              f"with {chosen.steps} steps, or calibrate one for {steps} (seer-calibrate --steps {steps})")

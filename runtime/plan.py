@@ -160,8 +160,9 @@ def graph_hashes(manifest: dict) -> dict[str, str]:
     return {g: files[manifest["graphs"][g]["onnx"]]["sha256"] for g in ("full", "forecast")}
 
 
-def plan_from_json(data: Any, manifest: dict, where: str) -> Plan:
-    """Check a plan file's content against the directory it is in, then build the Plan."""
+def plan_from_json(data: Any, manifest: dict, where: str, check_graphs: bool = True) -> Plan:
+    """Check a plan file's content against the directory it is in, then build the Plan (`check_graphs`:
+    also that it was fitted to this directory's graphs)."""
     def bad(what: str) -> EngineDirError:
         return EngineDirError(f"{where}: {what}; calibrate it again (seer-calibrate) or remove it from the directory")
 
@@ -188,7 +189,7 @@ def plan_from_json(data: Any, manifest: dict, where: str) -> Plan:
             coefficients.append(None)
             continue
         if (not isinstance(row, list) or len(row) != slots
-                or not all(type(v) in (int, float) and math.isfinite(v) and abs(v) <= MAX_COEFFICIENT for v in row)):
+                or not all(type(v) in (int, float) and abs(v) <= MAX_COEFFICIENT and math.isfinite(v) for v in row)):
             raise bad(f"step {i}'s coefficients are not {slots} finite numbers of at most {MAX_COEFFICIENT:g}")
         if any(v != 0 for v in row[valid[i]:]):  # those factor buffers hold no feature of this request
             raise bad(f"step {i} weights Taylor orders the state does not hold there (it holds {valid[i]})")
@@ -197,7 +198,7 @@ def plan_from_json(data: Any, manifest: dict, where: str) -> Plan:
         raise bad("its full_steps do not match its coefficient rows")
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     hashes = provenance.get("graphs")
-    if hashes != graph_hashes(manifest):
+    if check_graphs and hashes != graph_hashes(manifest):
         raise EngineDirError(
             f"{where} was calibrated on other graphs than this directory's (the sha256 of its full and forecast "
             "graphs differ), so its weights do not fit them; calibrate it again on this directory (seer-calibrate)")
@@ -205,7 +206,7 @@ def plan_from_json(data: Any, manifest: dict, where: str) -> Plan:
 
 
 def encode_plan(plan: Plan) -> bytes:
-    return (json.dumps(plan.to_json(), indent=1) + "\n").encode()
+    return (json.dumps(plan.to_json(), indent=1, allow_nan=False) + "\n").encode()
 
 
 def read_plan_bytes(data: bytes, manifest: dict, rel: str, where: str) -> Plan:

@@ -395,3 +395,31 @@ def test_a_rule_schedule_stored_as_a_plan_runs_bit_identically(calibrated, tmp_p
         a = pipe("a blue square", seed=1, return_latents=True, **kw).latents
         b = pipe("a blue square", seed=1, return_latents=True, plan=name).latents
         np.testing.assert_array_equal(a, b)
+
+
+def test_hostile_numbers_and_plan_objects_are_refused_in_one_line(calibrated, tmp_path):
+    """A coefficient written as a 400-digit integer, a Plan object that forecasts step 0 or weighs an
+    order the state does not hold (it would read the last request's factors), and a plan seer would
+    refuse are never written by add_plans."""
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(calibrated, d)
+    _rewrite_plan(d, "k8-s50", lambda data: next(r for r in data["coefficients"] if r).__setitem__(0, 10 ** 400))
+    one_line_error(*run([d, "-p", "a", "--plan", "k8-s50", "--out", tmp_path / "x.png"]), "finite numbers")
+    pipe = Pipeline.load(calibrated)
+    good = pipe.load_plan("k8-s50")
+    early = Plan((False, *good.full[1:]), good.order, (np.zeros(2, np.float32), *good.coefficients[1:]))
+    with pytest.raises(UsageError, match="first step is not full"):
+        pipe("a red circle", plan=early)
+    rows = list(good.coefficients)
+    i = next(k for k, c in enumerate(rows) if c is not None)
+    rows[i] = np.array([1.0, 5.0], np.float32)
+    stale = Plan(good.full, 0, tuple(rows))
+    with pytest.raises(UsageError, match="orders the state does not hold"):
+        pipe("a red circle", plan=stale)
+    huge = Plan(good.full, good.order, tuple(None if c is None else c * 1e7 for c in good.coefficients))
+    before = (calibrated / "manifest.json").read_bytes()
+    with pytest.raises(OutputError, match="at most 1e"):
+        cal.add_plans(calibrated, {"huge": huge}, cal.graph_hashes(pipe.manifest))
+    assert (calibrated / "manifest.json").read_bytes() == before and not (calibrated / "schedules" / "huge.json").exists()
