@@ -45,6 +45,12 @@ def check_load(engine_dir, backend, device, verify, cuda_graphs, expect_digest, 
         _flag(name, value)
 
 
+def check_threads(threads) -> None:
+    _integer("threads", threads)
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UsageError(f"threads must be between 1 and 1024 (got {threads}); give the cores this pipeline may use")
+
+
 MAX_PROMPT_CHARS = 100_000  # T5 reads 512 tokens (a few thousand characters)
 
 
@@ -80,7 +86,8 @@ def check_types(prompt, seed, steps, height, width, guidance_scale, interval, or
         except UnicodeEncodeError:
             raise UsageError("the prompt is not valid Unicode text (it holds a lone surrogate, e.g. from bytes "
                              "decoded with surrogateescape); pass it as UTF-8 text") from None
-    _integer("seed", seed, optional=False)
+    for s in seed if isinstance(seed, (list, tuple)) else [seed]:
+        _integer("seed", s, optional=False)
     for name, value in (("steps", steps), ("height", height), ("width", width), ("interval", interval),
                         ("order", order), ("warmup", warmup)):
         _integer(name, value)
@@ -96,10 +103,16 @@ def check_types(prompt, seed, steps, height, width, guidance_scale, interval, or
         raise UsageError(f"on_step must be a function (step, full, latents) or None, not {type(on_step).__name__}")
 
 
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < SEED_LIMIT:
-        raise UsageError(f"seed {seed} is outside [0, 2**32) = [0, {SEED_LIMIT - 1}]: the noise generator takes "
-                         "32 bits, so larger seeds would repeat images; use a seed in that range")
+def check_seed(seed: int | list[int], images: int) -> list[int] | None:
+    """The per-image seeds of a list (None for one seed of the whole batch), each checked."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+    if seeds is not None and len(seeds) != images:
+        raise UsageError(f"{len(seeds)} seeds for {images} images; give one seed, or one per image")
+    for s in seeds or [seed]:
+        if not 0 <= s < SEED_LIMIT:
+            raise UsageError(f"seed {s} is outside [0, 2**32) = [0, {SEED_LIMIT - 1}]: the noise generator takes "
+                             "32 bits, so larger seeds would repeat images; use a seed in that range")
+    return seeds
 
 
 def check_steps(steps: int, limit: int) -> None:

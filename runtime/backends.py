@@ -109,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, directory: Path, manifest: dict, device: str):
+    def __init__(self, directory: Path, manifest: dict, device: str, threads: int | None = None):
         super().__init__(directory, manifest, device)
         try:
             import onnxruntime as ort
@@ -145,6 +145,8 @@ class OnnxRuntimeBackend(Backend):
         # cached runs; without spinning, a graph runs as fast as it does alone. (ONNX Runtime's global
         # thread pool fixes it too, but is a process-wide choice that belongs to the embedding service.)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:  # several replicas on one CPU machine: each keeps to its share of the cores
+            opts.intra_op_num_threads = threads
         self.sessions = {}
         for name, g in manifest["graphs"].items():
             with _ort_errors(f"load the {name} graph ({g['onnx']})"):

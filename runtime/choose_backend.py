@@ -12,12 +12,17 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 def create_backend(name: str, directory: Path, manifest: dict, device: str = "cpu",
-                   cuda_graphs: bool = False, trust_torch_programs: bool = False) -> Backend:
+                   cuda_graphs: bool = False, trust_torch_programs: bool = False,
+                   threads: int | None = None) -> Backend:
     if cuda_graphs and (name == "onnxruntime" or not device.startswith("cuda")):
         raise BackendUnavailable("CUDA graphs need --device cuda and --backend torch or tensorrt")
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(directory, manifest, device)
+        return OnnxRuntimeBackend(directory, manifest, device, threads)
     if name == "torch":
+        if threads is not None:  # torch's pool is the process's: the caller gave this process that many cores
+            import torch
+
+            torch.set_num_threads(threads)
         return TorchBackend(directory, manifest, device, cuda_graphs, trust_torch_programs)
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend

@@ -74,7 +74,8 @@ class Pipeline:
     @classmethod
     def load(cls, engine_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
              verify: bool = True, cuda_graphs: bool = False, expect_digest: str | None = None,
-             trust_torch_programs: bool = False, memory_budget: int | str | None = None) -> Pipeline:
+             trust_torch_programs: bool = False, memory_budget: int | str | None = None,
+             threads: int | None = None) -> Pipeline:
         """Check the directory (docs/production.md) and load its graphs on `backend`.
 
         `expect_digest`: refuse the directory unless its manifest digest (printed by seer-export,
@@ -82,13 +83,16 @@ class Pipeline:
         programs, which run code when loaded; it refuses to unless the caller trusts the directory.
         `cuda_graphs`: capture the two transformer paths as CUDA graphs (torch or tensorrt on cuda).
         `memory_budget`: bytes (or "8GB", "8GiB") a request may take; larger requests are refused
-        up front, as are requests that do not fit the memory available (docs/production.md)."""
+        up front, as are requests that do not fit the memory available (docs/production.md).
+        `threads`: CPU threads a graph runs on [default: every core], for several pipelines sharing one
+        machine (seer-serve's replicas)."""
         arguments.check_load(engine_dir, backend, device, verify, cuda_graphs, expect_digest, trust_torch_programs)
+        arguments.check_threads(threads)
         budget = memory.parse_bytes(memory_budget)
         directory = Path(engine_dir)
         manifest, digest = open_engine_dir(directory, verify=verify, expect_digest=expect_digest)
         pipe = cls(directory, manifest, create_backend(backend, directory, manifest, device, cuda_graphs,
-                                                       trust_torch_programs))
+                                                       trust_torch_programs, threads))
         pipe.digest = digest
         pipe.memory_budget = budget
         return pipe
@@ -176,7 +180,7 @@ class Pipeline:
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         steps: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -195,7 +199,10 @@ class Pipeline:
         """`prompt` for a text-to-image model (FLUX), `class_labels` (ids or names) for a class-conditional
         one (DiT); one image per prompt or class. `guidance_scale`: embedded guidance (FLUX.1-dev) or the
         classifier-free guidance scale (DiT: above 1 doubles the batch). `plan`: one of the directory's
-        calibrated plans by name (`plan_names`), in place of the interval/order/warm-up schedule."""
+        calibrated plans by name (`plan_names`), in place of the interval/order/warm-up schedule.
+        `seed`: one seed draws the noise of the whole batch at once (as diffusers' generator does); a list
+        gives each image its own, so image k equals the request of its prompt alone with `seed=seeds[k]`
+        (how seer-serve batches requests)."""
         arguments.check_types(prompt, seed, steps, height, width, guidance_scale, interval, order, warmup,
                               final_full, schedule_style, no_cache, return_latents, on_step, class_labels)
         if plan is not None and not isinstance(plan, (str, Plan)):
@@ -230,7 +237,7 @@ class Pipeline:
         if guidance.kind != "none":
             arguments.check_guidance(guidance_scale)
         family.check(height, width)
-        arguments.check_seed(seed)
+        seeds = arguments.check_seed(seed, b)
         arguments.check_steps(steps, self.max_steps)
         g = guidance.batch(guidance_scale)
         values = dim_values(self.manifest, b, height, width, g)
@@ -246,8 +253,11 @@ class Pipeline:
         timings["conditioning"] = time.perf_counter() - t0
 
         dt = self.dtypes
-        latents = backend.asarray(family.latents_from_noise(randn(family.noise_shape(b, height, width), seed)),
-                                  dt["latents"])
+        if seeds is None:
+            noise = randn(family.noise_shape(b, height, width), seed)
+        else:  # each image's noise drawn alone: the same as that image requested by itself
+            noise = np.concatenate([randn(family.noise_shape(1, height, width), s) for s in seeds])
+        latents = backend.asarray(family.latents_from_noise(noise), dt["latents"])
         buf = self._request_buffers(values, plan.order, tuple(latents.shape), g)
         self._held["buffers"] = need.buffers
         sampling = self.sampler.plan(steps, tokens, dt["latents"])
