@@ -161,7 +161,7 @@ def png_b64(image) -> str:
     return base64.b64encode(data.getvalue()).decode("ascii")
 
 
-def response(request: ImageRequest, images: list, generation, batch_images: int, queued_s: float,
+def response(request: ImageRequest, images: list, generation, timings: dict, batch_images: int, queued_s: float,
              replica: str) -> dict:
     """OpenAI's response shape; seer's run metadata under "seer"."""
     s = generation.schedule
@@ -171,6 +171,6 @@ def response(request: ImageRequest, images: list, generation, batch_images: int,
         "seer": {"model": request.model, "seeds": request.seeds, "steps": s.steps, "full_steps": s.full_steps,
                  "forecast_steps": s.steps - len(s.full_steps), "schedule": s.describe(), "plan": generation.plan,
                  "size": f"{images[0].size[0]}x{images[0].size[1]}", "batch_images": batch_images,
-                 "queued_s": round(queued_s, 4), "timings_s": {k: round(v, 4) for k, v in generation.timings.items()},
+                 "queued_s": round(queued_s, 4), "timings_s": {k: round(v, 4) for k, v in timings.items()},
                  "warnings": generation.warnings, "replica": replica},
     }

@@ -174,14 +174,11 @@ class ModelServer:
                     runs[id(r)].append((g, len(chunk)))
         results = []
         for r in requests:
-            first, batch = runs[id(r)][0]
-            timings = {}
-            for g, _ in runs[id(r)]:  # a request larger than max_batch ran in several generations
-                for k, v in g.timings.items():
-                    timings[k] = timings.get(k, 0.0) + v
-            first.timings = timings
-            results.append({"status": 200, "body": response(r, out[id(r)], first, batch, started - r.received,
-                                                            self.replica)})
+            generations = runs[id(r)]  # a request larger than max_batch ran in several generations
+            timings = {k: sum(g.timings[k] for g, _ in generations) for k in generations[0][0].timings}
+            first, batch = generations[0]
+            results.append({"status": 200, "body": response(r, out[id(r)], first, timings, batch,
+                                                            started - r.received, self.replica)})
         return results
 
 
@@ -339,7 +336,7 @@ def build(args: dict):
     args = dict(args)
     spec = args.pop("models")
     pairs = spec.items() if isinstance(spec, dict) else (p.split("=", 1) for p in str(spec).split(","))
-    known = {f for f in Options.__dataclass_fields__}
+    known = list(Options.__dataclass_fields__)
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; seer.serve.app:build takes models and {', '.join(known)}")

@@ -124,12 +124,18 @@ def _serve(models, options, host, port, address, metrics_port) -> int:
     ray.init(**init)
     signal.signal(signal.SIGTERM, _stop)  # ray.init put in a handler that aborts the process on SIGTERM
     try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if options.device.startswith("cuda") and gpus < options.gpus_per_replica:
+            raise UsageError(f"--device cuda needs {options.gpus_per_replica:g} GPU a replica and this Ray cluster has "
+                             f"{gpus:g}; use --device cpu, or start Ray on GPU nodes (ray start --num-gpus N)")
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         try:
             serve.run(application(models, options), name="seer", route_prefix="/", blocking=False,
                       logging_config={"log_level": "WARNING"})
         except RuntimeError as e:  # a replica could not start: its constructor's error, as Ray reports it
-            raise UsageError(f"the models could not be deployed: {_last_line(str(e))}") from None
+            details = [d.message for app in serve.status().applications.values() for d in app.deployments.values()
+                       if d.message]
+            raise UsageError(f"the models could not be deployed: {_reason(details + [str(e)])}") from None
         names = ", ".join(f"{m.name} ({m.directory})" for m in models)
         click.echo(f"seer-serve: {names} on http://{host}:{port}: POST /v1/images/generations, GET /v1/models, "
                    "/health, /ready; Ctrl-C stops", err=True)
@@ -153,10 +159,14 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "Error:" in line or "error:" in line]
-    return (errors or lines or ["unknown"])[-1][:500]
+def _reason(messages: list[str]) -> str:
+    """A replica's own error out of Ray's report (a traceback): seer's one-line message when there is one."""
+    text = "\n".join(messages)
+    ours = re.findall(r"seer\.errors\.\w+: (.+)", text)
+    if ours:
+        return ours[-1].strip()[:500]
+    lines = [line.strip() for line in text.splitlines() if "Error" in line or "error" in line] or [text.strip()]
+    return lines[-1][:500]
 
 
 if __name__ == "__main__":

@@ -242,6 +242,11 @@ def test_models_health_errors_and_metrics(ray_serve, engine_modules, engine_dit)
         assert (status, answer["error"]["message"]) == (400, str(expected_error.value))
     status, answer, _ = _post(url, {"prompt": "x"})
     assert status == 400 and "name one in 'model'" in answer["error"]["message"]
+    # more images than --max-batch: several generations, each image still its own seed's
+    status, answer, _ = _post(url, {"model": "flux-tiny", "prompt": "a red circle", "n": 3, "seed": 50, "steps": 8})
+    assert status == 200 and answer["seer"]["batch_images"] == 2 and answer["seer"]["seeds"] == [50, 51, 52]
+    for k, item in enumerate(answer["data"]):
+        np.testing.assert_array_equal(_image(item), np.asarray(pipe("a red circle", seed=50 + k, steps=8).image))
     # one bad request batched with good ones fails alone
     with ThreadPoolExecutor(4) as pool:
         mixed = list(pool.map(lambda b: _post(url, {"model": "flux-tiny", "steps": 8, **b}),
@@ -309,3 +314,44 @@ def test_a_killed_replica_fails_its_requests_clearly_and_comes_back(ray_serve, e
     with ThreadPoolExecutor(4) as pool:
         later = list(pool.map(lambda i: _post(url, {"prompt": "a blue square", "seed": i, "steps": 8}), range(12)))
     assert [s for s, _, _ in later] == [200] * 12
+
+
+# ---------------------------------------------------------------- the seer-serve command, as a process
+
+
+def _seer_serve(*args):
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "seer-serve")
+    return subprocess.Popen([exe, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_seer_serve_serves_until_sigterm(engine_modules):
+    port = _free_port()
+    proc = _seer_serve(f"tiny={engine_modules}", "--port", port, "--replicas", 1)
+    try:
+        deadline, ready = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        assert ready is not None and ready.status_code == 200, proc.stderr.read() if proc.poll() is not None else ""
+        status, answer, _ = _post(f"http://127.0.0.1:{port}", {"prompt": "a red circle", "seed": 3, "steps": 8})
+        assert status == 200 and answer["seer"]["model"] == "tiny"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "seer-serve: stopping" in err and "Traceback" not in err, err[-3000:]
+
+
+def test_seer_serve_reports_a_replica_that_cannot_start_in_one_line(engine_modules):
+    proc = _seer_serve(engine_modules, "--port", _free_port(), "--backend", "tensorrt")  # no GPU: every replica fails
+    out, err = proc.communicate(timeout=240)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and lines == [err.strip().splitlines()[-1]], err[-3000:]
+    assert "could not be deployed: the tensorrt backend runs on an NVIDIA GPU" in lines[0]
