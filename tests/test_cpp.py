@@ -97,6 +97,23 @@ def test_dit_conforms(libseer, engine_dit, engine_dit_lite, tmp_path):
     assert _conformance(libseer, lite)["failures"] == 0
 
 
+@pytest.mark.parametrize("sampler", [
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "clip_sample": True, "rescale_betas_zero_snr": True},
+    {"prediction_type": "sample", "timestep_spacing": "linspace", "beta_schedule": "squaredcos_cap_v2", "set_alpha_to_one": False,
+     "steps_offset": 1}])
+def test_every_ddim_setting_conforms(libseer, engine_dit, tmp_path, sampler):
+    """The sampler settings diffusers' DDIMScheduler takes, each through both runtimes (the DiT's weights do not
+    care which schedule they are stepped with: the loop's arithmetic is what is compared)."""
+    engine = tmp_path / "dit"
+    shutil.copytree(engine_dit, engine)
+    m = json.loads((engine / "manifest.json").read_text())
+    m["sampler"].update(sampler)
+    (engine / "manifest.json").write_text(json.dumps(m))
+    golden = _golden(engine, tmp_path / "golden", [{"class_label": "3", "seed": 2, "steps": 10, "guidance_scale": 2.0}])
+    assert _conformance(libseer, golden)["failures"] == 0
+
+
 def _python_kind(directory: Path, request: dict | None) -> tuple[str, str]:
     """What the Python runtime answers: the kind of its error (as libseer names them) and its message."""
     from seer import Pipeline
@@ -147,6 +164,19 @@ def test_bad_directories_and_requests_get_the_python_runtimes_answer(libseer, en
     m["graphs"]["clip"]["onnx"] = "../outside"
     (d / "manifest.json").write_text(json.dumps(m))
     bad["a path out of the directory"] = (d, None, ["not a path inside"])
+    d = copy("external")
+    import onnx
+
+    model = onnx.load(str(d / "vae_decoder.onnx"))
+    onnx.save_model(model, str(d / "vae_decoder.onnx"), save_as_external_data=True, location="unlisted.bin",
+                    size_threshold=0)
+    m = json.loads((d / "manifest.json").read_text())
+    from seer.engines.manifest import sha256_file
+
+    m["files"]["vae_decoder.onnx"] = {"bytes": (d / "vae_decoder.onnx").stat().st_size,
+                                      "sha256": sha256_file(d / "vae_decoder.onnx")}
+    (d / "manifest.json").write_text(json.dumps(m))
+    bad["weights in an unlisted file"] = (d, None, ["unlisted.bin", "cannot be verified"])
     bad["a size the model cannot take"] = (engine_modules, {"prompt": "a red circle", "height": 63}, ["height 63", "multiple of 16"])
     bad["an empty prompt"] = (engine_modules, {"prompt": "   "}, ["prompt is empty"])
     bad["an unknown plan"] = (engine_modules, {"prompt": "a red circle", "plan": "nope"}, ["no plan named 'nope'"])

@@ -14,7 +14,6 @@ struct seer_engine {
 namespace {
 
 thread_local std::string last_error;
-std::string ort_version;
 
 template <typename F>
 seer_status guarded(F&& f) {
@@ -40,6 +39,9 @@ seer_status guarded(F&& f) {
   } catch (const std::bad_alloc&) {
     last_error = "out of memory; use a smaller size or fewer images";
     return SEER_ERROR_RUN;
+  } catch (const nlohmann::json::exception& e) {  // a manifest value of a type no check above expected
+    last_error = std::string("manifest.json holds a value of the wrong type (") + e.what() + "); re-export the engine directory";
+    return SEER_ERROR_ENGINE_DIR;
   } catch (const Ort::Exception& e) {
     last_error = std::string("ONNX Runtime failed: ") + e.what();
     return SEER_ERROR_RUN;
@@ -89,7 +91,6 @@ seer_status seer_open(const char* engine_dir, const seer_open_options* options, 
     opts.onnxruntime_library = str(o.onnxruntime_library);
     auto e = std::make_unique<seer_engine>();
     e->engine = std::make_unique<seer::Engine>(engine_dir, opts);
-    ort_version = seer::load_onnxruntime("");
     *engine = e.release();
   });
 }
@@ -154,6 +155,10 @@ void seer_close(seer_engine* engine) { delete engine; }
 
 const char* seer_digest(const seer_engine* engine) { return engine ? engine->engine->manifest().digest.c_str() : ""; }
 const char* seer_last_error(void) { return last_error.c_str(); }
-const char* seer_onnxruntime_version(void) { return ort_version.c_str(); }
+const char* seer_onnxruntime_version(void) {
+  thread_local std::string version;  // per thread: no caller's pointer changes under it
+  version = seer::onnxruntime_version();
+  return version.c_str();
+}
 
 }  // extern "C"

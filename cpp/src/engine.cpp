@@ -4,8 +4,10 @@
 #include <chrono>
 #include <cstring>
 #include <set>
+#include <tuple>
 
 #include "errors.h"
+#include "onnx_scan.h"
 
 namespace seer {
 
@@ -64,10 +66,17 @@ Engine::Engine(const std::string& directory, const OpenOptions& o) : onnxruntime
   if (m_.family == "flux") names.insert(names.end(), {"clip", "t5"});
   for (const auto& n : names) {
     const GraphSpec& g = m_.graph(n);
-    std::string bytes, path = m_.directory + "/" + g.onnx;
-    // a graph with its weights inline is loaded from the very bytes that were verified; one with
-    // external data from its path (ONNX Runtime reads the weights file beside it, listed and verified above)
-    if (g.onnx_data.empty()) bytes = read_verified(m_, g.onnx, size_t(2) << 30);
+    std::string bytes = read_verified(m_, g.onnx, size_t(2) << 30), path = m_.directory + "/" + g.onnx;
+    // Every file a graph reads weights from must be listed (so verified and pinned) and declared:
+    // otherwise an unlisted file could change what a pinned directory computes.
+    std::set<std::string> external = external_data_locations(bytes, g.onnx);
+    std::string folder = g.onnx.find('/') == std::string::npos ? "" : g.onnx.substr(0, g.onnx.rfind('/') + 1);
+    for (const auto& loc : external)
+      if (!m_.files_sha256.count(folder + loc) || folder + loc != g.onnx_data)
+        throw EngineDirError("the " + n + " graph reads weights from '" + loc.substr(0, 80) + "', which the manifest does not list as its onnx_data, so they cannot be verified; re-export the engine directory");
+    // A graph with its weights inline is loaded from the very bytes that were verified; one with
+    // external data from its path (ONNX Runtime reads the weights file beside it, verified above).
+    if (!external.empty()) bytes.clear();
     graphs_[n] = std::make_unique<Graph>(n, g, bytes, path, o.threads);
     for (const auto& t : g.inputs) inputs_[n].push_back(t.name);
   }
@@ -77,7 +86,17 @@ Engine::Engine(const std::string& directory, const OpenOptions& o) : onnxruntime
     if (static_cast<size_t>(t.pad_id) >= tokenizers_.at(k).vocab_size())
       throw EngineDirError(t.tokenizer + ": pad_id " + std::to_string(t.pad_id) + " is outside the tokenizer's vocabulary of " +
                            std::to_string(tokenizers_.at(k).vocab_size()) + "; re-export the engine directory");
+  // the tensors the loop binds by name, declared where it expects them
+  for (auto [graph, kind, name] : {std::tuple<const char*, const char*, const char*>{"full", "inputs", "hidden_states"}, {"full", "inputs", "timestep"},
+                                   {"full", "outputs", "sample"}, {"forecast", "inputs", "coefficients"}, {"forecast", "outputs", "sample"},
+                                   {"vae_decoder", "inputs", "latents"}, {"vae_decoder", "outputs", "image"}})
+    if (!(std::string(kind) == "inputs" ? m_.graph(graph).input(name) : m_.graph(graph).output(name)))
+      throw EngineDirError(std::string("the manifest's ") + graph + " graph declares no " + name + "; re-export the engine directory");
+  if (m_.granularity == "modules" && !m_.graph("full").output("features"))
+    throw EngineDirError("the manifest's full graph declares no features output although cache.granularity is modules; re-export the engine directory");
   const GraphSpec& forecast = m_.graph("forecast");
+  if (shape_of(*forecast.input("coefficients"), {}) != std::vector<int64_t>{m_.max_order + 1})
+    throw EngineDirError("the forecast graph's coefficients are not max_order + 1 values; re-export the engine directory");
   for (int j = 0; j <= m_.max_order; ++j)
     if (!forecast.input("factor_" + std::to_string(j)))
       throw EngineDirError("the forecast graph does not take factor_" + std::to_string(j) + " although cache.max_order is " +
@@ -140,6 +159,10 @@ void Engine::check_size(int height, int width) const {
     return;
   }
   int mult = 2 * m_.vae_scale_factor;
+  for (auto [name, v] : {std::pair<const char*, int>{"height", height}, {"width", width}})  // first: the suggestions below stay in range
+    if (static_cast<int64_t>(v) > kMaxPackedSide * mult)
+      throw UsageError(std::string(name) + " " + std::to_string(v) + " is above the " + std::to_string(kMaxPackedSide * mult) +
+                       " pixels a side the exported graphs take; use at most " + std::to_string(kMaxPackedSide * mult));
   for (auto [name, v] : {std::pair<const char*, int>{"height", height}, {"width", width}})
     if (v < mult || v % mult) {
       int lo = std::max(mult, v - v % mult);
@@ -155,6 +178,10 @@ void Engine::check_size(int height, int width) const {
 }
 
 Plan Engine::request_plan(const Request& r) const {
+  for (auto [name, v] : {std::pair<const char*, int>{"interval", r.interval}, {"order", r.order}, {"warmup", r.warmup}})
+    if (v < -1) throw UsageError(std::string(name) + " must be -1 (the directory's default) or a whole number, not " + std::to_string(v));
+  if (r.final_full < 0)
+    throw UsageError("final full steps must be 0 or more (got " + std::to_string(r.final_full) + "); pass --final-full in that range");
   if (!r.plan.empty()) {
     std::vector<std::string> given;
     if (r.interval >= 0) given.push_back("interval");
@@ -166,6 +193,9 @@ Plan Engine::request_plan(const Request& r) const {
     if (!given.empty())
       throw UsageError("a plan fixes the whole schedule, so " + given[0] + " cannot be given with it; drop one of them");
     Plan p = directory_plan(m_, r.plan);
+    if (p.steps() > sampler_->max_steps())
+      throw UsageError("steps must be at most " + std::to_string(sampler_->max_steps()) + ", the sampler's training timesteps (got " +
+                       std::to_string(p.steps()) + "); more steps than that only repeat timesteps");
     if (r.steps && r.steps != p.steps())
       throw UsageError("plan " + r.plan + " was calibrated for " + std::to_string(p.steps()) + " steps, not " + std::to_string(r.steps) + ": run it with " +
                        std::to_string(p.steps()) + " steps, or calibrate one for " + std::to_string(r.steps) + " (seer-calibrate --steps " + std::to_string(r.steps) + ")");
@@ -215,7 +245,7 @@ Result Engine::generate(const Request& r) {
   const int steps = plan.steps();
   if (m_.guidance != "none") {
     if (!std::isfinite(scale) || scale > kGuidanceMax)
-      throw UsageError("guidance scale " + fmt(scale) + " would make the transformer's outputs non-finite (it is scaled by 1000 inside the graphs): use a finite scale from 0 to 50, e.g. --guidance 3.5");
+      throw RunError("guidance scale " + fmt(scale) + " would make the transformer's outputs non-finite (it is scaled by 1000 inside the graphs): use a finite scale from 0 to 50, e.g. --guidance 3.5");
     if (scale < 0) throw UsageError("guidance scale " + fmt(scale) + " is negative; use a scale from 0 to 50, e.g. --guidance 3.5");
   }
   if (height < 1 || width < 1) throw UsageError("height and width must be positive (got " + std::to_string(height) + "x" + std::to_string(width) + ")");
@@ -289,13 +319,33 @@ Result Engine::generate(const Request& r) {
   const auto factor_shape = shape_of(*m_.graph("forecast").input("factor_0"), values);
   const auto sample_shape = shape_of(*m_.graph("full").output("sample"), values);
   const bool lite = m_.granularity == "lite";
-  const size_t n_lat = numel(latent_shape), n_factor = numel(factor_shape), n_sample = numel(sample_shape);
-  if (lite && n_factor != n_sample)
-    throw EngineDirError("the manifest's lite factors do not hold the full graph's sample; re-export the engine directory");
-  if (flux ? n_sample != static_cast<size_t>(g) * n_lat : n_sample % (static_cast<size_t>(mrows)) != 0)
-    throw EngineDirError("the manifest's full graph output does not fit the latents; re-export the engine directory");
   std::vector<int64_t> model_shape = latent_shape;
   model_shape[0] = mrows;
+  // The shapes the manifest declares must be the ones the loop's arithmetic assumes: ONNX Runtime
+  // writes into these buffers, and the host reads them by these sizes.
+  auto refuse = [](const std::string& what) {
+    throw EngineDirError("the manifest's " + what + " does not fit this family's latents; re-export the engine directory");
+  };
+  if (flux ? sample_shape != model_shape
+           : (sample_shape.size() != 4 || sample_shape[0] != mrows || sample_shape[1] < channels || sample_shape[2] != latent_shape[2] ||
+              sample_shape[3] != latent_shape[3]))
+    refuse("full graph's sample shape");
+  if (shape_of(*m_.graph("forecast").output("sample"), values) != sample_shape) refuse("forecast graph's sample shape");
+  for (const char* g_name : {"full", "forecast"})  // lite forecasts take no latents
+    if (const auto* h = m_.graph(g_name).input("hidden_states"); h && shape_of(*h, values) != model_shape)
+      refuse(std::string(g_name) + " graph's hidden_states shape");
+  if (lite) {
+    std::vector<int64_t> want = {1};
+    want.insert(want.end(), sample_shape.begin(), sample_shape.end());
+    if (factor_shape != want) refuse("lite factor shape");
+  } else {
+    const auto* features = m_.graph("full").output("features");
+    if (!features || shape_of(*features, values) != factor_shape || factor_shape.size() < 2 || factor_shape[1] != mrows)
+      refuse("features and factor shapes");
+  }
+  for (int j = 1; j <= m_.max_order; ++j)
+    if (shape_of(*m_.graph("forecast").input("factor_" + std::to_string(j)), values) != factor_shape) refuse("factor_" + std::to_string(j) + " shape");
+  const size_t n_lat = numel(latent_shape), n_factor = numel(factor_shape), n_sample = numel(sample_shape);
   std::string key;
   for (const auto& [k, v] : values) key += k + "=" + std::to_string(v) + ",";
   if (key != shape_key_) {
@@ -356,40 +406,51 @@ Result Engine::generate(const Request& r) {
   int valid = 0, last_full = -1;
   const Ort::Value* hidden = g > 1 ? &model_in_v_ : &latents_v_;
   const size_t out_channels = static_cast<size_t>(sample_shape.size() > 1 ? (flux ? sample_shape.back() : sample_shape[1]) : 0);
+  // Every step's bindings, resolved once: at a step only the buffers the Taylor update re-labelled
+  // change (the spare the full graph writes its features into, the factors the forecast reads).
+  std::map<std::string, const Ort::Value*> named = fixed;
+  named["hidden_states"] = hidden;
+  named["timestep"] = &timestep_v_;
+  named["coefficients"] = &coefficients_v_;
+  for (size_t j = 0; j < factors.size(); ++j) named["factor_" + std::to_string(j)] = nullptr;  // set per step
+  std::map<std::string, std::vector<std::pair<std::string, const Ort::Value*>>> bound;
+  std::vector<size_t> factor_at(factors.size());  // where factor_j sits in the forecast's bindings
+  for (const char* graph : {"full", "forecast"}) {
+    for (const auto& n : inputs_[graph]) {
+      auto it = named.find(n);
+      if (it == named.end() || (std::string(graph) == "full" && n.rfind("factor_", 0) == 0) || (std::string(graph) == "full" && n == "coefficients"))
+        throw EngineDirError("the " + std::string(graph) + " graph takes an input '" + n + "' that a " + m_.family + " directory does not have; re-export the engine directory");
+      if (n.rfind("factor_", 0) == 0) factor_at[std::stoul(n.substr(7))] = bound[graph].size();
+      bound[graph].emplace_back(n, it->second);
+    }
+  }
+  auto& full_in = bound["full"];
+  auto& forecast_in = bound["forecast"];
+  std::vector<std::pair<std::string, const Ort::Value*>> full_out = {{"sample", &out_v_}}, forecast_out = {{"sample", &out_v_}};
+  if (!lite) full_out.emplace_back("features", nullptr);
   for (int i = 0; i < steps; ++i) {
     if (g > 1) {
       std::copy(latents_.begin(), latents_.end(), model_in_.begin());
       std::copy(latents_.begin(), latents_.end(), model_in_.begin() + static_cast<std::ptrdiff_t>(n_lat));
     }
     std::fill(timestep_.begin(), timestep_.end(), sp.model_timesteps[static_cast<size_t>(i)]);
-    std::map<std::string, const Ort::Value*> step = fixed;
-    step["hidden_states"] = hidden;
-    step["timestep"] = &timestep_v_;
     const bool full = plan.full[static_cast<size_t>(i)];
     const float* sample = out_.data();
-    std::vector<std::pair<std::string, const Ort::Value*>> in, out;
-    const std::string graph = full ? "full" : "forecast";
+    const char* graph = full ? "full" : "forecast";
     if (full) {
       if (lite) {
-        out = {{"sample", &slots_[spare].as_sample}};
+        full_out[0].second = &slots_[spare].as_sample;
         sample = slots_[spare].data.data();
       } else {
-        out = {{"sample", &out_v_}, {"features", &slots_[spare].as_factor}};
+        full_out[1].second = &slots_[spare].as_factor;
       }
+      graphs_[graph]->run(full_in, full_out);
     } else {
       const auto& c = plan.coefficients[static_cast<size_t>(i)];
       std::copy(c.begin(), c.end(), coefficients_.begin());
-      step["coefficients"] = &coefficients_v_;
-      for (size_t j = 0; j < factors.size(); ++j) step["factor_" + std::to_string(j)] = &slots_[factors[j]].as_factor;
-      out = {{"sample", &out_v_}};
+      for (size_t j = 0; j < factors.size(); ++j) forecast_in[factor_at[j]].second = &slots_[factors[j]].as_factor;
+      graphs_[graph]->run(forecast_in, forecast_out);
     }
-    for (const auto& n : inputs_[graph]) {
-      auto it = step.find(n);
-      if (it == step.end())
-        throw EngineDirError("the " + graph + " graph takes an input '" + n + "' that a " + m_.family + " directory does not have; re-export the engine directory");
-      in.emplace_back(n, it->second);
-    }
-    graphs_[graph]->run(in, out);
     // the prediction: the latent channels of the output (a learned-sigma DiT outputs twice them), guided
     const float* pred = sample;
     if (!flux && out_channels > static_cast<size_t>(channels)) {

@@ -160,7 +160,9 @@ TensorSpec tensor(const json& t, const std::string& where) {
 
 // JSON with every object's keys unique (another reader may keep the other value) and no NaN/Infinity
 // (nlohmann refuses those as invalid JSON already).
-json parse_strict(const std::string& data, const std::string& path) {
+}  // namespace
+
+json parse_strict_json(const std::string& data, const std::string& path, const std::string& fix) {
   std::vector<std::set<std::string>> seen;
   std::string twice;
   json::parser_callback_t cb = [&](int, json::parse_event_t event, json& parsed) {
@@ -176,12 +178,14 @@ json parse_strict(const std::string& data, const std::string& path) {
   try {
     j = json::parse(data, cb, true, false);
   } catch (const json::exception& e) {
-    throw EngineDirError(path + " is not valid JSON (" + clip(e.what(), 200) + "); re-export the engine directory");
+    throw EngineDirError(path + " is not valid JSON (" + clip(e.what(), 200) + "); " + fix);
   }
   if (!twice.empty())
-    throw EngineDirError(path + " is not valid JSON (key '" + clip(twice) + "' appears twice in one object); re-export the engine directory");
+    throw EngineDirError(path + " is not valid JSON (key '" + clip(twice) + "' appears twice in one object); " + fix);
   return j;
 }
+
+namespace {
 
 }  // namespace
 
@@ -241,7 +245,7 @@ Manifest open_engine_dir(const std::string& directory_in, bool verify, const std
       throw EngineDirError(directory + " has manifest digest " + m.digest + ", not the expected " + want +
                            ": it is not the directory that was pinned (re-exported, rebuilt or altered); pin the new digest only after testing that directory");
   }
-  json j = parse_strict(data, mpath);
+  json j = parse_strict_json(data, mpath, "re-export the engine directory");
   if (!j.is_object() || !j.contains("schema") || j["schema"] != "seer.engine-dir")
     throw EngineDirError(mpath + " is not a seer manifest; pass a directory seer-export wrote");
   const json& version = j["schema_version"];
@@ -345,6 +349,40 @@ Manifest open_engine_dir(const std::string& directory_in, bool verify, const std
   m.latent_channels = static_cast<int>(get_int(latent, "channels", "latent", 1, 4096));
   m.vae_scale_factor = static_cast<int>(get_int(latent, "vae_scale_factor", "latent", 1, 64));
 
+  // the config values the runtime reads, typed and bounded here, and the sections agreeing with each
+  // other as engines/schema.py requires, so that nothing later meets a surprise
+  const int64_t in_ch = get_int(config, "in_channels", "model.config", 1, 1 << 16);
+  const int64_t out_ch = get_int(config, "out_channels", "model.config", 1, 1 << 16);
+  const int64_t dim = get_int(config, "dim", "model.config", 1, 1 << 20), head = get_int(config, "head_dim", "model.config", 1, 1 << 16);
+  if (dim % head) bad("model.config.dim is not a multiple of head_dim");
+  if (m.family == "flux") {
+    if (sampler != "flow_match_euler") bad("a flux directory's sampler is flow_match_euler, not " + clip(sampler));
+    if (m.guidance == "cfg") bad("a flux directory's guidance kind is none or embedded, not cfg");
+    const json& g = key(config, "guidance", "model.config");
+    if (!g.is_boolean() || (m.guidance == "embedded") != g.get<bool>())
+      bad("guidance.kind disagrees with model.config.guidance: a FLUX transformer with a guidance input takes embedded guidance, one without takes none");
+    const json& axes = key(config, "axes_dims_rope", "model.config");
+    if (!axes.is_array() || axes.empty() || axes.size() > 3) bad("model.config.axes_dims_rope must be 1 to 3 axis widths");
+    int64_t total = 0;
+    for (const auto& a : axes) {
+      if (!a.is_number_integer() || a.get<int64_t>() < 2 || a.get<int64_t>() > 4096 || a.get<int64_t>() % 2) bad("model.config.axes_dims_rope must hold even widths from 2 to 4096");
+      total += a.get<int64_t>();
+    }
+    if (total != head) bad("model.config.axes_dims_rope does not add up to head_dim");
+    if (get_num(config, "rope_theta", "model.config") <= 0) bad("model.config.rope_theta must be positive");
+    const json& latent = key(j, "latent", "");
+    if (get_int(latent, "packed_channels", "latent", 1, 1 << 16) != 4 * get_int(latent, "channels", "latent", 1, 4096) || in_ch != 4 * get_int(latent, "channels", "latent", 1, 4096) || out_ch != in_ch)
+      bad("latent.packed_channels must be 4 x latent.channels and equal model.config.in_channels and out_channels");
+  } else {
+    if (sampler != "ddim") bad("a dit directory's sampler is ddim, not " + clip(sampler));
+    if (m.guidance == "embedded") bad("a dit directory's guidance kind is none or cfg, not embedded");
+    int64_t s = get_int(config, "sample_size", "model.config", 1, 4096);
+    int64_t p = get_int(config, "patch_size", "model.config", 1, 4096);
+    if (s % p) bad("model.config.sample_size must be a multiple of patch_size");
+    int64_t channels = get_int(key(j, "latent", ""), "channels", "latent", 1, 4096);
+    if (in_ch != channels || (out_ch != in_ch && out_ch != 2 * in_ch))
+      bad("model.config in_channels / out_channels do not fit latent.channels (out is in, or twice in with a learned variance)");
+  }
   if (m.family == "flux") {
     const json& text = key(j, "text", "");
     for (const char* enc : {"clip", "t5"}) {
@@ -360,7 +398,8 @@ Manifest open_engine_dir(const std::string& directory_in, bool verify, const std
     const json& classes = key(j, "classes", "");
     m.class_count = static_cast<int>(get_int(classes, "count", "classes", 1, 1 << 24));
     if (classes.contains("null_class") && !classes["null_class"].is_null())
-      m.null_class = get_int(classes, "null_class", "classes", 0, m.class_count);
+      m.null_class = get_int(classes, "null_class", "classes", m.class_count, INT32_MAX);  // after the classes
+    if (get_int(config, "num_classes", "model.config", 1, 1 << 24) != m.class_count) bad("classes.count differs from model.config.num_classes");
     if (classes.contains("labels")) {
       const json& labels = classes["labels"];
       if (!labels.is_object()) bad("classes.labels is not an object");

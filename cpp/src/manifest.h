@@ -74,6 +74,10 @@ std::string read_verified(const Manifest& m, const std::string& rel, size_t limi
 
 std::string sha256_hex(const std::string& data);
 
+// JSON whose objects hold every key once (another reader may keep the other value) and no NaN/Infinity;
+// an EngineDirError naming `path` and `fix` otherwise.
+json parse_strict_json(const std::string& data, const std::string& path, const std::string& fix);
+
 // A shape entry's value for the request's symbols (integers, + - * // and brackets; nothing else).
 int64_t eval_dim(const json& dim, const std::map<std::string, int64_t>& values);
 std::map<std::string, int64_t> dim_values(const Manifest& m, int64_t batch, int64_t height, int64_t width, int64_t g);

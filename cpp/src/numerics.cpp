@@ -92,6 +92,13 @@ double num(const json& cfg, const char* k, double def) {
     throw EngineDirError(std::string("manifest.json: sampler.") + k + " must be a finite number; re-export the engine directory");
   return v.get<double>();
 }
+// a whole number from 0 to 2^31 - 1 (checked before any cast: the manifest is untrusted)
+int64_t whole(const json& cfg, const char* k, int64_t def) {
+  double v = num(cfg, k, static_cast<double>(def));
+  if (v != std::floor(v) || v < 0 || v > 2147483647.0)
+    throw EngineDirError(std::string("manifest.json: sampler.") + k + " must be a whole number from 0 to 2147483647; re-export the engine directory");
+  return static_cast<int64_t>(v);
+}
 bool flag(const json& cfg, const char* k, bool def) {
   if (!cfg.contains(k)) return def;
   if (!cfg.at(k).is_boolean()) throw EngineDirError(std::string("manifest.json: sampler.") + k + " must be true or false; re-export the engine directory");
@@ -126,8 +133,8 @@ Sampler::Sampler(const json& cfg) {
     dynamic_ = flag(cfg, "use_dynamic_shifting", true);
     base_shift_ = num(cfg, "base_shift", 0.5);
     max_shift_ = num(cfg, "max_shift", 1.15);
-    base_seq_ = static_cast<int64_t>(num(cfg, "base_image_seq_len", 256));
-    max_seq_ = static_cast<int64_t>(num(cfg, "max_image_seq_len", 4096));
+    base_seq_ = whole(cfg, "base_image_seq_len", 256);
+    max_seq_ = whole(cfg, "max_image_seq_len", 4096);
     if (dynamic_ && base_seq_ == max_seq_)
       throw EngineDirError("manifest.json: sampler.base_image_seq_len equals max_image_seq_len; re-export the engine directory");
     return;
@@ -136,8 +143,7 @@ Sampler::Sampler(const json& cfg) {
   double beta_start = num(cfg, "beta_start", 0.0001), beta_end = num(cfg, "beta_end", 0.02);
   std::string schedule = text(cfg, "beta_schedule", "linear");
   set_alpha_to_one_ = flag(cfg, "set_alpha_to_one", true);
-  double offset = num(cfg, "steps_offset", 0);
-  steps_offset_ = static_cast<int>(offset);
+  steps_offset_ = static_cast<int>(whole(cfg, "steps_offset", 0));
   prediction_type_ = text(cfg, "prediction_type", "epsilon");
   clip_sample_ = flag(cfg, "clip_sample", true);
   clip_range_ = num(cfg, "clip_sample_range", 1.0);
@@ -150,14 +156,14 @@ Sampler::Sampler(const json& cfg) {
   if (prediction_type_ != "epsilon" && prediction_type_ != "v_prediction" && prediction_type_ != "sample")
     refuse("prediction_type '" + prediction_type_ + "' is not supported");
   if (spacing_ != "leading" && spacing_ != "trailing" && spacing_ != "linspace") refuse("timestep_spacing '" + spacing_ + "' is not supported");
-  if (offset != std::floor(offset) || offset < 0 || offset >= num_train_timesteps_) refuse("steps_offset must be an integer in [0, num_train_timesteps)");
+  if (steps_offset_ >= num_train_timesteps_) refuse("steps_offset must be an integer in [0, num_train_timesteps)");
   if (!(clip_range_ > 0)) refuse("clip_sample_range must be positive");
   int n = num_train_timesteps_;
   std::vector<float> betas;
   if (schedule == "linear") {
     betas = linspace32(f32(beta_start), f32(beta_end), n);
   } else if (schedule == "scaled_linear") {
-    betas = linspace32(std::sqrt(beta_start), std::sqrt(beta_end), n);
+    betas = linspace32(f32(std::sqrt(beta_start)), f32(std::sqrt(beta_end)), n);  // endpoints rounded first, as torch's float32 linspace
     for (auto& b : betas) b = b * b;
   } else if (schedule == "squaredcos_cap_v2") {
     auto alpha_bar = [](double t) { double c = std::cos((t + 0.008) / 1.008 * M_PI / 2); return c * c; };

@@ -59,6 +59,11 @@ std::string load_onnxruntime(const std::string& requested) {
 
 Ort::Env& ort_env() { return *env; }
 
+std::string onnxruntime_version() {
+  std::lock_guard<std::mutex> lock(load_mutex);
+  return loaded_version;
+}
+
 Graph::Graph(const std::string& name, const GraphSpec& spec, const std::string& model, const std::string& path, int threads)
     : name_(name) {
   try {
@@ -143,9 +148,12 @@ Ort::MemoryInfo& cpu() {
 }  // namespace
 
 size_t numel(const std::vector<int64_t>& shape) {
-  size_t n = 1;
-  for (auto d : shape) n *= static_cast<size_t>(d);
-  return n;
+  uint64_t n = 1;
+  for (auto d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n) || n > (uint64_t(1) << 34))
+      throw UsageError("this request needs a buffer of more than 2^34 values (a " + std::to_string(shape.size()) +
+                       "-dimensional tensor); use a smaller size or fewer images");
+  return static_cast<size_t>(n);
 }
 Ort::Value tensor(float* data, const std::vector<int64_t>& shape) {
   return Ort::Value::CreateTensor<float>(cpu(), data, numel(shape), shape.data(), shape.size());

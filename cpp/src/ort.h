@@ -21,6 +21,7 @@ namespace seer {
 std::string load_onnxruntime(const std::string& path);
 
 Ort::Env& ort_env();
+std::string onnxruntime_version();  // "" before the library is loaded
 
 class Graph {
  public:

@@ -99,12 +99,7 @@ Plan directory_plan(const Manifest& m, const std::string& name) {
     throw EngineDirError(where + ": " + what + "; calibrate it again (seer-calibrate) or remove it from the directory");
   };
   std::string data = read_verified(m, it->second, 4u << 20);
-  json j;
-  try {
-    j = json::parse(data);
-  } catch (const json::exception& e) {
-    throw EngineDirError(where + " is not valid JSON; calibrate it again");
-  }
+  json j = parse_strict_json(data, where, "calibrate it again");
   if (!j.is_object() || !j.contains("format") || j["format"] != "seer.plan") bad("it is not a seer plan");
   if (!j.contains("version") || j["version"] != 1) bad("plan format version " + (j.contains("version") ? j["version"].dump() : std::string("None")) + ", this libseer reads version 1");
   auto whole = [&](const char* k, int top, int lo, int def, bool required) {
