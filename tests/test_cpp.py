@@ -117,7 +117,7 @@ def test_every_ddim_setting_conforms(libseer, engine_dit, tmp_path, sampler):
 def _python_kind(directory: Path, request: dict | None) -> tuple[str, str]:
     """What the Python runtime answers: the kind of its error (as libseer names them) and its message."""
     from seer import Pipeline
-    from seer.errors import EngineDirError, UsageError
+    from seer.errors import EngineDirError, MemoryLimitError, UsageError
 
     try:
         pipe = Pipeline.load(directory)
@@ -127,6 +127,8 @@ def _python_kind(directory: Path, request: dict | None) -> tuple[str, str]:
         return "usage", str(e)
     except EngineDirError as e:
         return "engine_dir", str(e)
+    except MemoryLimitError as e:
+        return "memory", str(e)
     return "ok", ""
 
 
@@ -178,6 +180,8 @@ def test_bad_directories_and_requests_get_the_python_runtimes_answer(libseer, en
     (d / "manifest.json").write_text(json.dumps(m))
     bad["weights in an unlisted file"] = (d, None, ["unlisted.bin", "cannot be verified"])
     bad["a size the model cannot take"] = (engine_modules, {"prompt": "a red circle", "height": 63}, ["height 63", "multiple of 16"])
+    bad["a request larger than the machine"] = (engine_modules, {"prompt": "a red circle", "height": 4096, "width": 4096},
+                                                ["needs about", "available memory"])
     bad["an empty prompt"] = (engine_modules, {"prompt": "   "}, ["prompt is empty"])
     bad["an unknown plan"] = (engine_modules, {"prompt": "a red circle", "plan": "nope"}, ["no plan named 'nope'"])
     bad["an order above the export's"] = (engine_modules, {"prompt": "x", "order": 3}, ["order 3", "--max-order"])

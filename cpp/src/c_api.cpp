@@ -36,6 +36,9 @@ seer_status guarded(F&& f) {
   } catch (const seer::RunError& e) {
     last_error = e.what();
     return SEER_ERROR_RUN;
+  } catch (const seer::MemoryError& e) {
+    last_error = e.what();
+    return SEER_ERROR_MEMORY;
   } catch (const std::bad_alloc&) {
     last_error = "out of memory; use a smaller size or fewer images";
     return SEER_ERROR_RUN;
@@ -66,6 +69,7 @@ void seer_open_options_init(seer_open_options* o) {
   o->expect_digest = nullptr;
   o->threads = 0;
   o->onnxruntime_library = nullptr;
+  o->memory_budget = 0;
 }
 
 void seer_request_init(seer_request* r) {
@@ -89,6 +93,7 @@ seer_status seer_open(const char* engine_dir, const seer_open_options* options, 
     opts.expect_digest = str(o.expect_digest);
     opts.threads = o.threads;
     opts.onnxruntime_library = str(o.onnxruntime_library);
+    opts.memory_budget = o.memory_budget;
     auto e = std::make_unique<seer_engine>();
     e->engine = std::make_unique<seer::Engine>(engine_dir, opts);
     *engine = e.release();

@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -56,6 +58,7 @@ Engine::Engine(const std::string& directory, const OpenOptions& o) : onnxruntime
   if (o.threads < 0 || o.threads > 1024)
     throw UsageError("threads must be between 1 and 1024 (got " + std::to_string(o.threads) + "); give the cores this pipeline may use");
   m_ = open_engine_dir(directory, o.verify, o.expect_digest);
+  memory_budget_ = o.memory_budget;
   for (const auto& [name, g] : m_.graphs)
     for (const auto* list : {&g.inputs, &g.outputs})
       for (const auto& t : *list)
@@ -175,6 +178,51 @@ void Engine::check_size(int height, int width) const {
     if (v > kMaxPackedSide * mult)
       throw UsageError(std::string(name) + " " + std::to_string(v) + " is above the " + std::to_string(kMaxPackedSide * mult) +
                        " pixels a side the exported graphs take; use at most " + std::to_string(kMaxPackedSide * mult));
+}
+
+// runtime/memory.py's estimate (its constants are the envelope of peak RSS measured on ONNX Runtime's
+// CPU provider) and its check, before anything of the request is allocated.
+void Engine::check_memory(int64_t b, int64_t mrows, int64_t height, int64_t width, int64_t tokens, int64_t context, size_t features,
+                          size_t sample, int g) {
+  const json& cfg = m_.config();
+  double heads = static_cast<double>(cfg.at("dim").get<int64_t>() / cfg.at("head_dim").get<int64_t>());
+  double t = static_cast<double>(tokens + context), m = static_cast<double>(mrows), f = static_cast<double>(features);
+  double buffers = (m_.max_order + 2) * f * 4 + 3 * 4 * static_cast<double>(sample);
+  double transformer = 6.0 * 4 * m * heads * t * t + 96.0 * 4 * m * t * static_cast<double>(cfg.at("dim").get<int64_t>()) + 3.5 * 4 * f;
+  int64_t channels = 256;  // FLUX.1-dev's VAE when the manifest gives no widths
+  const json& latent = m_.raw.at("latent");
+  if (latent.contains("vae_block_out_channels") && latent["vae_block_out_channels"].is_array() && !latent["vae_block_out_channels"].empty()) {
+    const json& w = latent["vae_block_out_channels"];
+    const json& c = w.size() > 1 ? w[1] : w[0];
+    if (c.is_number_integer() && c.get<int64_t>() > 0) channels = c.get<int64_t>();
+  }
+  double pixels = static_cast<double>((height / m_.vae_scale_factor) * (width / m_.vae_scale_factor));
+  double decoder = 2.0 * 4 * static_cast<double>(b) * pixels * pixels + 20.0 * static_cast<double>(b * height * width) * static_cast<double>(channels);
+  double need = buffers + transformer + decoder;
+  auto gb = [](double n) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, n >= 1e8 ? "%.2f GB" : "%.1f MB", n >= 1e8 ? n / 1e9 : n / 1e6);
+    return std::string(buf);
+  };
+  std::string what = std::to_string(height) + "x" + std::to_string(width) + " at batch " + std::to_string(b) + (g > 1 ? " (doubled for classifier-free guidance)" : "");
+  std::string describe = "about " + gb(need) + " (Taylor factors and buffers " + gb(buffers) + ", transformer activations " + gb(transformer) + ", VAE decoder " + gb(decoder) + ")";
+  std::string fix = "use a smaller size or batch, or run it on a machine or GPU with more memory";
+  if (memory_budget_ && need > static_cast<double>(memory_budget_))
+    throw MemoryError(what + " needs " + describe + ", above the memory budget of " + gb(static_cast<double>(memory_budget_)) + "; " + fix + ", or raise the budget");
+  double available = static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (FILE* f = std::fopen("/proc/meminfo", "r")) {  // MemAvailable counts reclaimable caches, as psutil's available does
+    char line[256];
+    while (std::fgets(line, sizeof line, f)) {
+      unsigned long long kb = 0;
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) available = static_cast<double>(kb) * 1024;
+    }
+    std::fclose(f);
+  }
+  double held = held_buffers_ + held_arenas_;
+  if (need - held > available)
+    throw MemoryError(what + " needs " + describe + ", and only " + gb(available + held) + " is free in this machine's available memory; " + fix);
+  held_buffers_ = buffers;  // this shape's buffers replace the last one's
+  held_arenas_ = std::max(held_arenas_, transformer + decoder);  // ONNX Runtime's arenas keep their largest run
 }
 
 Plan Engine::request_plan(const Request& r) const {
@@ -346,6 +394,7 @@ Result Engine::generate(const Request& r) {
   for (int j = 1; j <= m_.max_order; ++j)
     if (shape_of(*m_.graph("forecast").input("factor_" + std::to_string(j)), values) != factor_shape) refuse("factor_" + std::to_string(j) + " shape");
   const size_t n_lat = numel(latent_shape), n_factor = numel(factor_shape), n_sample = numel(sample_shape);
+  check_memory(b, mrows, height, width, image_tokens, flux ? m_.text.at("t5").max_length : 0, n_factor, n_sample, g);
   std::string key;
   for (const auto& [k, v] : values) key += k + "=" + std::to_string(v) + ",";
   if (key != shape_key_) {

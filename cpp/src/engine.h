@@ -22,6 +22,7 @@ struct OpenOptions {
   std::string expect_digest;
   int threads = 0;  // 0: ONNX Runtime's default (every core)
   std::string onnxruntime_library;  // empty: $SEER_ONNXRUNTIME_LIB or the one found at build time
+  uint64_t memory_budget = 0;  // bytes a request may take; 0: none (the machine's available memory still bounds it)
 };
 
 struct Request {
@@ -67,11 +68,14 @@ class Engine {
   int64_t class_id(const std::string& label) const;
   void check_size(int height, int width) const;
   Plan request_plan(const Request& r) const;
+  void check_memory(int64_t b, int64_t mrows, int64_t height, int64_t width, int64_t tokens, int64_t context, size_t features, size_t sample, int g);
 
   // first: the Ort::Value members below release through ONNX Runtime's API, which must be loaded
   // before they exist (and so before a failing constructor destroys them)
   std::string onnxruntime_version_;
   Manifest m_;
+  uint64_t memory_budget_ = 0;
+  double held_buffers_ = 0, held_arenas_ = 0;  // what earlier requests left allocated, reusable by the next
   std::map<std::string, std::unique_ptr<Graph>> graphs_;
   std::map<std::string, Tokenizer> tokenizers_;
   std::unique_ptr<Sampler> sampler_;

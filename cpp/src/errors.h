@@ -27,3 +27,10 @@ struct UnsupportedError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 }  // namespace seer
+
+namespace seer {
+// A request whose estimated memory exceeds the budget or what the machine has available.
+struct MemoryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+}  // namespace seer

@@ -81,6 +81,7 @@ const char* kind_of(seer_status s) {
     case SEER_ERROR_ENGINE_DIR: return "engine_dir";
     case SEER_ERROR_RUN: return "run";
     case SEER_ERROR_UNSUPPORTED: return "unsupported";
+    case SEER_ERROR_MEMORY: return "memory";
     default: return "internal";
   }
 }

@@ -37,7 +37,8 @@ typedef enum {
   SEER_ERROR_ENGINE_DIR = 2,  /* the directory is damaged, altered, incomplete or not seer's: re-export it */
   SEER_ERROR_RUN = 3,         /* the run failed (ONNX Runtime, a NaN/Inf), or out of memory */
   SEER_ERROR_UNSUPPORTED = 4, /* a directory this libseer cannot run (16-bit graphs): the message says what can */
-  SEER_ERROR_INTERNAL = 5     /* a bug: please report the message */
+  SEER_ERROR_INTERNAL = 5,    /* a bug: please report the message */
+  SEER_ERROR_MEMORY = 6       /* the request needs more memory than is available or budgeted: smaller, or elsewhere */
 } seer_status;
 
 typedef struct seer_engine seer_engine;
@@ -47,6 +48,7 @@ typedef struct {
   const char* expect_digest;       /* refuse the directory unless its manifest digest is this ("sha256:..."), or NULL */
   int threads;                     /* ONNX Runtime intra-op threads per graph; 0: every core */
   const char* onnxruntime_library; /* path of libonnxruntime.so; NULL: $SEER_ONNXRUNTIME_LIB, else the build's */
+  uint64_t memory_budget;          /* bytes a request may take (estimated before it starts); 0: no budget */
 } seer_open_options;
 
 typedef struct {
