@@ -372,7 +372,8 @@ class Pipeline:
                 # the sampler step's float32 arithmetic, and dt * prediction in the prediction's dtype
                 "wide": zeros(latents),
                 "narrow": None if dt["sample"] == "float32" else zeros(latents, dt["sample"]),
-                "features": None if lite or dt["features"] == dt["factors"] else zeros(factor, dt["features"]),
+                # lite: the prediction is the feature, so it goes through this buffer too (a [1, ...] view of it)
+                "features": None if dt["features"] == dt["factors"] else zeros(factor, dt["features"]),
             }
         return self._buffers[key]
 

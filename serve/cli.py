@@ -139,11 +139,11 @@ def _serve(models, options, host, port, address, metrics_port) -> int:
         names = ", ".join(f"{m.name} ({m.directory})" for m in models)
         click.echo(f"seer-serve: {names} on http://{host}:{port}: POST /v1/images/generations, GET /v1/models, "
                    "/health, /ready; Ctrl-C stops", err=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop serving, not a failure
-            click.echo("seer-serve: stopping", err=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, also while deploying (/ready can answer before serve.run
+        # returns): stop serving, not a failure
+        click.echo("seer-serve: stopping", err=True)
         return 0
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave Ray's processes behind

@@ -239,3 +239,29 @@ def test_the_c_api_from_c(libseer, engine_modules, tmp_path):
                               check=True).stdout
     symbols = {line.split()[-1] for line in exported.splitlines() if " T " in line}
     assert symbols and all(s.startswith("seer_") for s in symbols), sorted(symbols)[:10]
+
+
+@pytest.mark.parametrize("variant", [{"family": "flux", "cache": "modules"},
+                                     {"family": "flux", "cache": "lite", "factor_dtype": "float32"},
+                                     {"family": "dit", "cache": "modules"}])
+def test_float16_directories_conform(libseer, dit_model, tmp_path, variant):
+    """16-bit graphs: latents, predictions and factors rounded to float16 as the Python runtime (numpy) rounds
+    them, the graphs bound through half-precision buffers; factors in float32 beside float16 graphs too."""
+    from seer.export.dit_export import export_dit
+    from seer.export.flux_export import export_flux
+
+    out = tmp_path / "engine"
+    kw = {"cache": variant["cache"], "precision": "float16", "log": lambda m: None}
+    if "factor_dtype" in variant:
+        kw["factor_dtype"] = variant["factor_dtype"]
+    if variant["family"] == "flux":
+        export_flux("flux-tiny", out, max_order=2, torch_program=False, **kw)
+        cases = [{"prompt": "a red circle", "seed": 1, "steps": 10}, {"prompt": "two squares", "seed": 3, "steps": 12, "order": 2,
+                                                                      "interval": 3, "images": 2}]
+    else:
+        export_dit(str(dit_model), out, max_order=2, **kw)
+        cases = [{"class_label": "3", "seed": 5, "steps": 10, "guidance_scale": 4.0}]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["graphs"]["full"]["inputs"][0]["dtype"] == "float16"
+    report = _conformance(libseer, _golden(out, tmp_path / "golden", cases))
+    assert report["failures"] == 0

@@ -37,6 +37,20 @@ bool finite(const float* x, size_t n) {
   return true;
 }
 
+void to_half(const float* f, uint16_t* h, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    _Float16 v = static_cast<_Float16>(f[i]);
+    std::memcpy(&h[i], &v, 2);
+  }
+}
+void from_half(const uint16_t* h, float* f, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    _Float16 v;
+    std::memcpy(&v, &h[i], 2);
+    f[i] = static_cast<float>(v);
+  }
+}
+
 size_t utf8_chars(const std::string& s) {
   size_t n = 0;
   for (unsigned char c : s) n += (c & 0xC0) != 0x80;
@@ -62,8 +76,24 @@ Engine::Engine(const std::string& directory, const OpenOptions& o) : onnxruntime
   for (const auto& [name, g] : m_.graphs)
     for (const auto* list : {&g.inputs, &g.outputs})
       for (const auto& t : *list)
-        if (t.dtype == "float16" || t.dtype == "bfloat16")
-          throw UnsupportedError(m_.directory + " holds " + t.dtype + " graphs (" + name + "), and libseer runs float32 directories; export with --precision fp32 for libseer, or run this one with seer-run");
+        if (t.dtype == "bfloat16")
+          throw UnsupportedError(m_.directory + " holds bfloat16 graphs (" + name + "), which ONNX Runtime's CPU provider does not run; export with --precision fp16 or fp32 for libseer, or run this one with seer-run on a GPU");
+  // the dtypes the loop rounds to (docs/engine-dir.md): the latents, the prediction, the features, the factors
+  auto dtype = [&](const char* graph, bool input, const char* name) {
+    const TensorSpec* t = input ? m_.graph(graph).input(name) : m_.graph(graph).output(name);
+    return t ? t->dtype : std::string("float32");
+  };
+  const bool lite_dir = m_.granularity == "lite";
+  half_latents_ = dtype("full", true, "hidden_states") == "float16";
+  half_sample_ = dtype("full", false, "sample") == "float16";
+  half_features_ = dtype("full", false, lite_dir ? "sample" : "features") == "float16";
+  half_factors_ = dtype("forecast", true, "factor_0") == "float16";
+  for (auto [graph, input, name, want] : {std::tuple<const char*, bool, const char*, std::string>{"forecast", true, "hidden_states", dtype("full", true, "hidden_states")},
+                                          {"forecast", false, "sample", dtype("full", false, "sample")}, {"full", true, "timestep", "float32"},
+                                          {"forecast", true, "coefficients", "float32"}, {"vae_decoder", true, "latents", "float32"},
+                                          {"vae_decoder", false, "image", "float32"}})
+    if ((input ? m_.graph(graph).input(name) : m_.graph(graph).output(name)) && dtype(graph, input, name) != want)  // lite forecasts take no latents
+      throw UnsupportedError(std::string("the ") + graph + " graph's " + name + " is " + dtype(graph, input, name) + ", where libseer (as docs/engine-dir.md) expects " + want + "; re-export the engine directory");
   sampler_ = std::make_unique<Sampler>(m_.sampler());
   std::vector<std::string> names = {"full", "forecast", "vae_decoder"};
   if (m_.family == "flux") names.insert(names.end(), {"clip", "t5"});
@@ -419,10 +449,24 @@ Result Engine::generate(const Request& r) {
     timestep_v_ = tensor(timestep_.data(), {mrows});
     coefficients_.assign(static_cast<size_t>(m_.max_order + 1), 0.0f);
     coefficients_v_ = tensor(coefficients_.data(), {m_.max_order + 1});
+    auto half = [](Half& x, size_t n, const std::vector<int64_t>& shape) {
+      x.h.assign(n, 0);
+      x.v = tensor_f16(x.h.data(), shape);
+    };
+    slots_h_.clear();
+    slots_h_.resize(half_factors_ ? slots_.size() : 0);
+    for (auto& x : slots_h_) half(x, n_factor, factor_shape);
+    if (half_sample_) half(out_h_, n_sample, sample_shape);
+    if (half_latents_) half(latents_h_, n_lat, latent_shape);
+    if (half_latents_ && g > 1) half(model_in_h_, 2 * n_lat, model_shape);
+    features_.assign(!lite && (half_features_ || half_factors_) ? n_factor : 0, 0.0f);
+    features_v_ = features_.empty() ? Ort::Value(nullptr) : tensor(features_.data(), factor_shape);
+    if (!lite && half_features_) half(features_h_, n_factor, factor_shape);
     shape_key_ = key;
   }
   // every factor buffer starts zeroed: a new request never sees the last one's factors
   for (auto& s : slots_) std::fill(s.data.begin(), s.data.end(), 0.0f);
+  for (auto& x : slots_h_) std::fill(x.h.begin(), x.h.end(), uint16_t(0));
 
   // --- noise: image k from seed + k, drawn alone (so it equals that image requested by itself)
   const size_t per_image = numel(noise_shape);
@@ -445,7 +489,9 @@ Result Engine::generate(const Request& r) {
       std::copy(noise.begin(), noise.end(), dst);
     }
   }
-  const SamplerPlan sp = sampler_->plan(steps, image_tokens, "float32");
+  if (half_latents_)  // the noise is drawn in float32 and rounded to the latents' dtype
+    for (auto& v : latents_) v = half_round(v);
+  const SamplerPlan sp = sampler_->plan(steps, image_tokens, half_latents_ ? "float16" : "float32");
 
   // --- the loop
   double t1 = now();
@@ -453,7 +499,10 @@ Result Engine::generate(const Request& r) {
   for (size_t j = 0; j < factors.size(); ++j) factors[j] = j;
   size_t spare = factors.size();
   int valid = 0, last_full = -1;
-  const Ort::Value* hidden = g > 1 ? &model_in_v_ : &latents_v_;
+  const Ort::Value* hidden = half_latents_ ? (g > 1 ? &model_in_h_.v : &latents_h_.v) : (g > 1 ? &model_in_v_ : &latents_v_);
+  // lite: the full graph's prediction goes straight into the spare factor when both are float32
+  const bool direct = lite ? !half_sample_ && !half_factors_ : !half_features_ && !half_factors_;
+  const Ort::Value* out_bound = half_sample_ ? &out_h_.v : &out_v_;
   const size_t out_channels = static_cast<size_t>(sample_shape.size() > 1 ? (flux ? sample_shape.back() : sample_shape[1]) : 0);
   // Every step's bindings, resolved once: at a step only the buffers the Taylor update re-labelled
   // change (the spare the full graph writes its features into, the factors the forecast reads).
@@ -475,30 +524,45 @@ Result Engine::generate(const Request& r) {
   }
   auto& full_in = bound["full"];
   auto& forecast_in = bound["forecast"];
-  std::vector<std::pair<std::string, const Ort::Value*>> full_out = {{"sample", &out_v_}}, forecast_out = {{"sample", &out_v_}};
-  if (!lite) full_out.emplace_back("features", nullptr);
+  std::vector<std::pair<std::string, const Ort::Value*>> full_out = {{"sample", out_bound}}, forecast_out = {{"sample", out_bound}};
+  if (!lite) full_out.emplace_back("features", direct ? nullptr : half_features_ ? &features_h_.v : &features_v_);
+  const auto round_factor = [&](float v) { return half_factors_ ? half_round(v) : v; };
+  const auto round_pred = [&](float v) { return half_sample_ ? half_round(v) : v; };
   for (int i = 0; i < steps; ++i) {
     if (g > 1) {
       std::copy(latents_.begin(), latents_.end(), model_in_.begin());
       std::copy(latents_.begin(), latents_.end(), model_in_.begin() + static_cast<std::ptrdiff_t>(n_lat));
     }
     std::fill(timestep_.begin(), timestep_.end(), sp.model_timesteps[static_cast<size_t>(i)]);
+    if (half_latents_) {
+      if (g > 1) to_half(model_in_.data(), model_in_h_.h.data(), 2 * n_lat);
+      else to_half(latents_.data(), latents_h_.h.data(), n_lat);
+    }
     const bool full = plan.full[static_cast<size_t>(i)];
     const float* sample = out_.data();
     const char* graph = full ? "full" : "forecast";
     if (full) {
-      if (lite) {
+      if (lite && direct) {
         full_out[0].second = &slots_[spare].as_sample;
         sample = slots_[spare].data.data();
-      } else {
+      } else if (!lite && direct) {
         full_out[1].second = &slots_[spare].as_factor;
       }
       graphs_[graph]->run(full_in, full_out);
+      if (half_sample_) from_half(out_h_.h.data(), out_.data(), n_sample);
+      if (!direct) {  // the features (lite: the prediction) into the spare factor, in the factors' dtype
+        if (!lite && half_features_) from_half(features_h_.h.data(), features_.data(), n_factor);
+        const float* src = lite ? out_.data() : features_.data();
+        float* dst = slots_[spare].data.data();
+        for (size_t k = 0; k < n_factor; ++k) dst[k] = round_factor(src[k]);
+      }
     } else {
       const auto& c = plan.coefficients[static_cast<size_t>(i)];
       std::copy(c.begin(), c.end(), coefficients_.begin());
-      for (size_t j = 0; j < factors.size(); ++j) forecast_in[factor_at[j]].second = &slots_[factors[j]].as_factor;
+      for (size_t j = 0; j < factors.size(); ++j)
+        forecast_in[factor_at[j]].second = half_factors_ ? &slots_h_[factors[j]].v : &slots_[factors[j]].as_factor;
       graphs_[graph]->run(forecast_in, forecast_out);
+      if (half_sample_) from_half(out_h_.h.data(), out_.data(), n_sample);
     }
     // the prediction: the latent channels of the output (a learned-sigma DiT outputs twice them), guided
     const float* pred = sample;
@@ -509,11 +573,11 @@ Result Engine::generate(const Request& r) {
       pred = pred_.data();
     }
     if (g > 1) {
-      const float s = static_cast<float>(scale);
+      const float s = round_pred(static_cast<float>(scale));  // in the prediction's dtype, as numpy forms it
       for (size_t k = 0; k < n_lat; ++k) {
-        float v = pred[k] - pred[k + n_lat];
-        v = v * s;
-        guided_[k] = v + pred[k + n_lat];
+        float v = round_pred(pred[k] - pred[k + n_lat]);
+        v = round_pred(v * s);
+        guided_[k] = round_pred(v + pred[k + n_lat]);
       }
       pred = guided_.data();
     }
@@ -522,7 +586,7 @@ Result Engine::generate(const Request& r) {
       throw RunError(full ? "the full transformer's output is not finite (NaN or Inf)" + where + ": the graph overflows in float32 or its weights are damaged; check the guidance scale or re-export the directory"
                           : "the forecast is not finite (NaN or Inf)" + where + ": the Taylor factors overflowed or the forecast graph is damaged; use a lower --order or a shorter --interval, or run with --no-cache");
     }
-    sampler_->step(sp, i, latents_.data(), pred, wide_.data(), n_lat);
+    sampler_->step(sp, i, latents_.data(), pred, wide_.data(), n_lat, half_sample_, half_latents_);
     if (!finite(latents_.data(), n_lat))
       throw RunError("the latents became non-finite (NaN or Inf) at denoising step " + std::to_string(i) + " of " + std::to_string(steps) +
                      " while the prediction was finite: the sampler's step overflowed float32; check the manifest's sampler parameters");
@@ -536,8 +600,8 @@ Result Engine::generate(const Request& r) {
         float* o = slots_[old].data.data();
         const float* c = slots_[cur].data.data();
         for (size_t k = 0; k < n_factor; ++k) {
-          float v = o[k] - c[k];
-          o[k] = v / neg_d;
+          float v = round_factor(o[k] - c[k]);
+          o[k] = round_factor(v / neg_d);
         }
         factors[static_cast<size_t>(j)] = cur;
         cur = old;
@@ -546,6 +610,8 @@ Result Engine::generate(const Request& r) {
       factors[static_cast<size_t>(orders)] = cur;
       valid = orders + 1;
       last_full = i;
+      if (half_factors_)  // what the forecast graph reads: the factors' half-precision copies
+        for (size_t j = 0; j <= static_cast<size_t>(orders); ++j) to_half(slots_[factors[j]].data.data(), slots_h_[factors[j]].h.data(), n_factor);
     }
   }
   res.seconds_denoise = now() - t1;

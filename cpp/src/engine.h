@@ -87,6 +87,17 @@ class Engine {
   std::vector<Buffer> slots_;  // max_order + 2: the factors and the spare, re-labelled by the Taylor update
   std::vector<float> out_, latents_, model_in_, wide_, guided_, pred_, timestep_, coefficients_;
   Ort::Value out_v_{nullptr}, model_in_v_{nullptr}, latents_v_{nullptr}, timestep_v_{nullptr}, coefficients_v_{nullptr};
+  // float16 graphs: the values stay float32 on the host, rounded to float16 as numpy's float16 arithmetic
+  // rounds them, and these half-precision copies are what the graphs read and write
+  struct Half {
+    std::vector<uint16_t> h;
+    Ort::Value v{nullptr};
+  };
+  bool half_latents_ = false, half_sample_ = false, half_features_ = false, half_factors_ = false;
+  std::vector<Half> slots_h_;
+  Half latents_h_, model_in_h_, out_h_, features_h_;
+  std::vector<float> features_;  // modules: the full graph's features when they cannot go straight into the spare factor
+  Ort::Value features_v_{nullptr};
 };
 
 }  // namespace seer

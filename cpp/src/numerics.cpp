@@ -294,10 +294,18 @@ void accumulate(float* wide, double m, const Term* terms, int count, size_t n) {
 
 }  // namespace
 
-void Sampler::step(const SamplerPlan& p, int i, float* latents, const float* pred, float* wide, size_t n) const {
-  if (type_ == "flow_match_euler") {
+void Sampler::step(const SamplerPlan& p, int i, float* latents, const float* pred, float* wide, size_t n, bool half_pred,
+                   bool half_latents) const {
+  if (type_ == "flow_match_euler") {  // docs/engine-dir.md step 8: dt * prediction in the prediction's dtype, the sum in float32
     float dt = p.sigmas[static_cast<size_t>(i) + 1] - p.sigmas[static_cast<size_t>(i)];
-    for (size_t k = 0; k < n; ++k) latents[k] = dt * pred[k] + latents[k];
+    if (half_pred) {
+      float dt16 = half_round(dt);
+      for (size_t k = 0; k < n; ++k) latents[k] = half_round(half_round(pred[k] * dt16) + latents[k]);
+    } else if (half_latents) {
+      for (size_t k = 0; k < n; ++k) latents[k] = half_round(dt * pred[k] + latents[k]);
+    } else {
+      for (size_t k = 0; k < n; ++k) latents[k] = dt * pred[k] + latents[k];
+    }
     return;
   }
   // DDIM, with the float32 operations of runtime/samplers/ddim.py in the same order; the scalars are
@@ -330,7 +338,10 @@ void Sampler::step(const SamplerPlan& p, int i, float* latents, const float* pre
     for (size_t k = 0; k < n; ++k) wide[k] = std::min(std::max(wide[k], -r), r);
   }
   accumulate(wide, A, terms, count, n);  // prev = sqrt(a_prev) x_0 + sqrt(1 - a_prev) eps
-  std::memcpy(latents, wide, n * sizeof(float));
+  if (half_latents)
+    for (size_t k = 0; k < n; ++k) latents[k] = half_round(wide[k]);
+  else
+    std::memcpy(latents, wide, n * sizeof(float));
 }
 
 }  // namespace seer

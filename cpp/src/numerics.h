@@ -17,6 +17,8 @@ std::vector<float> randn(size_t n, uint64_t seed);
 void flux_rope(int64_t text_len, int64_t rows, int64_t cols, const std::vector<int64_t>& axes_dims, double theta,
                std::vector<float>* cos, std::vector<float>* sin);
 
+inline float half_round(float x) { return static_cast<float>(static_cast<_Float16>(x)); }
+
 // A float32 value rounded to `dtype` ("float32", "float16", "bfloat16") and back.
 float round_to(float x, const std::string& dtype);
 
@@ -34,8 +36,10 @@ class Sampler {
  public:
   explicit Sampler(const json& cfg);
   SamplerPlan plan(int steps, int64_t image_seq_len, const std::string& latent_dtype) const;
-  // latents <- step i -> i + 1, in place, float32 latents; `wide` is scratch of the same size.
-  void step(const SamplerPlan& p, int i, float* latents, const float* prediction, float* wide, size_t n) const;
+  // latents <- step i -> i + 1, in place; `wide` is scratch of the same size. The values are float32,
+  // rounded as the graphs' dtypes are: `half_prediction` / `half_latents` for float16 ones.
+  void step(const SamplerPlan& p, int i, float* latents, const float* prediction, float* wide, size_t n, bool half_prediction = false,
+            bool half_latents = false) const;
   int max_steps() const { return num_train_timesteps_; }
   const std::string& type() const { return type_; }
   std::vector<float> alphas_cumprod() const { return alphas_cumprod_; }

@@ -158,6 +158,9 @@ size_t numel(const std::vector<int64_t>& shape) {
 Ort::Value tensor(float* data, const std::vector<int64_t>& shape) {
   return Ort::Value::CreateTensor<float>(cpu(), data, numel(shape), shape.data(), shape.size());
 }
+Ort::Value tensor_f16(uint16_t* data, const std::vector<int64_t>& shape) {
+  return Ort::Value::CreateTensor(cpu(), data, numel(shape) * sizeof(uint16_t), shape.data(), shape.size(), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+}
 Ort::Value tensor(int64_t* data, const std::vector<int64_t>& shape) {
   return Ort::Value::CreateTensor<int64_t>(cpu(), data, numel(shape), shape.data(), shape.size());
 }

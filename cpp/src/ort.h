@@ -45,6 +45,7 @@ class Graph {
 // A float32 or int64 tensor over caller-owned memory.
 Ort::Value tensor(float* data, const std::vector<int64_t>& shape);
 Ort::Value tensor(int64_t* data, const std::vector<int64_t>& shape);
+Ort::Value tensor_f16(uint16_t* data, const std::vector<int64_t>& shape);  // IEEE half-precision bits
 size_t numel(const std::vector<int64_t>& shape);
 
 }  // namespace seer

@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
       seer::Sampler sampler(direct.manifest().sampler());
       int64_t tokens = direct.manifest().family == "flux" ? int64_t(image.height / (2 * direct.manifest().vae_scale_factor)) * (image.width / (2 * direct.manifest().vae_scale_factor))
                                                            : 0;
-      auto sp = sampler.plan(image.steps, tokens, "float32");
+      auto sp = sampler.plan(image.steps, tokens, direct.manifest().graph("full").input("hidden_states")->dtype);
       bool same_t = sp.model_timesteps == c["model_timesteps"].get<std::vector<float>>();
       bool same_s = !c.contains("sigmas") || sp.sigmas == c["sigmas"].get<std::vector<float>>();
       check(same_t, "model timesteps for " + c["request"].dump());
