@@ -351,8 +351,8 @@ Result Engine::generate(const Request& r) {
     rows = height / mult;
     cols = width / mult;
     image_tokens = rows * cols;
+    const auto c = tokenize("clip", r.prompt), t = tokenize("t5", r.prompt);  // once: every image has this prompt
     for (int k = 0; k < b; ++k) {
-      auto c = tokenize("clip", r.prompt), t = tokenize("t5", r.prompt);
       clip_ids.insert(clip_ids.end(), c.begin(), c.end());
       t5_ids.insert(t5_ids.end(), t.begin(), t.end());
     }

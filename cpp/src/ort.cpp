@@ -109,8 +109,7 @@ Graph::Graph(const std::string& name, const GraphSpec& spec, const std::string& 
 void Graph::run(const std::vector<std::pair<std::string, const Ort::Value*>>& inputs,
                 const std::vector<std::pair<std::string, const Ort::Value*>>& outputs) {
   try {
-    binding_->ClearBoundInputs();
-    binding_->ClearBoundOutputs();
+    // a graph is always bound under the same names: binding a name again replaces its buffer
     for (const auto& [n, v] : inputs) binding_->BindInput(n.c_str(), *v);
     for (const auto& [n, v] : outputs) binding_->BindOutput(n.c_str(), *v);
     session_->Run(run_options_, *binding_);
